@@ -1,0 +1,74 @@
+# bt-transfer: `make help` lists the targets and the variables they read.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON  ?= python3.11#           interpreter that creates the virtual environment
+VENV    ?= .venv#                the environment every target runs in
+SYSTEM_SITE ?= 0#                1: let .venv see system packages (e.g. a full Detectron2 built from GitHub)
+GPUS    ?= $(shell nvidia-smi -L 2>/dev/null | wc -l | awk '{print ($$1 > 0) ? $$1 : 1}')#  processes per machine
+DATA    ?= datasets/imagenet#    ImageFolder root with train/ and val/
+EPOCHS  ?= 1000#                 pretraining epochs (paper: 1000)
+BATCH   ?= 2048#                 global pretraining batch (paper: 2048)
+WEIGHTS ?= runs/pretrain/resnet50.pth#  backbone to evaluate (any format bt_transfer.convert reads)
+SEEDS   ?= 1 2 3 4 5#            detection seeds; the report gives mean and std over them
+PERCENT ?= 1#                    semi-supervised subset: 1 or 10
+OUT     ?=#                      output folder (default: runs/<target>)
+ARGS    ?=#                      extra arguments passed to the target's command
+
+PY := $(VENV)/bin/python
+TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS)
+STAMP := $(VENV)/.bt-transfer-setup
+
+.PHONY: help setup test demo pretrain transfer-voc transfer-coco linear semisup tables bench clean-demo
+
+help: ## list targets and variables
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "variables (make VAR=value):"
+	@grep -E '^[A-Z_]+ +\?=' $(MAKEFILE_LIST) | sed -E 's/ *\?= */ = /; s/# +/    # /; s/^/  /'
+
+setup: $(STAMP) ## create .venv: torch, then Detectron2 (pure-Python build unless one is importable), then this project
+
+# Re-run only when what it installs changes; each step also skips work already done.
+$(STAMP): pyproject.toml third_party/detectron2/build.py third_party/detectron2/_C.py
+	@test -x $(PY) || $(PYTHON) -m venv $(if $(filter 1,$(SYSTEM_SITE)),--system-site-packages) $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" setuptools wheel
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	@if $(PY) -c "import detectron2" 2>/dev/null; then \
+	  echo "Detectron2 already importable: $$($(PY) -c 'import detectron2; print(detectron2.__version__, detectron2.__file__)')"; \
+	else \
+	  $(PY) -m pip install -q "$$($(PY) third_party/detectron2/build.py --cache .cache/detectron2)"; \
+	fi
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+test: setup ## run the test suite (CPU, under 20 minutes on 2 cores)
+	$(PY) -m pytest tests $(ARGS)
+
+demo: setup ## the whole suite end to end on generated data, on CPU: report in runs/demo/tables/
+	$(PY) -m bt_transfer.demo --out $(or $(OUT),runs/demo) $(ARGS)
+
+pretrain: setup ## Barlow Twins pretraining (paper defaults); resumes from OUT/checkpoint.pth
+	$(TORCHRUN) -m pretrain.train --data $(DATA)/train --epochs $(EPOCHS) --batch-size $(BATCH) \
+	  --out $(or $(OUT),runs/pretrain) $(ARGS)
+
+transfer-voc: setup ## Faster R-CNN R50-C4 on VOC07+12, 24k iterations, one run per seed
+	$(PY) -m bt_transfer.transfer voc --weights $(WEIGHTS) --seeds $(SEEDS) --num-gpus $(GPUS) \
+	  --out $(or $(OUT),runs/transfer-voc) $(ARGS)
+
+transfer-coco: setup ## Mask R-CNN R50-C4 on COCO, 1x schedule, one run per seed
+	$(PY) -m bt_transfer.transfer coco --weights $(WEIGHTS) --seeds $(SEEDS) --num-gpus $(GPUS) \
+	  --out $(or $(OUT),runs/transfer-coco) $(ARGS)
+
+linear: setup ## ImageNet linear evaluation of WEIGHTS (100 epochs)
+	$(TORCHRUN) -m pretrain.evaluate --mode linear --weights $(WEIGHTS) --data $(DATA) \
+	  --out $(or $(OUT),runs/linear) $(ARGS)
+
+semisup: setup ## ImageNet semi-supervised fine-tuning on PERCENT% of the labels (20 epochs)
+	$(TORCHRUN) -m pretrain.evaluate --mode semisup --percent $(PERCENT) --weights $(WEIGHTS) --data $(DATA) \
+	  --out $(or $(OUT),runs/semisup-$(PERCENT)) $(ARGS)
+
+tables: setup ## rebuild tables/ from every result.json under runs/
+	$(PY) -m bt_transfer.report --results runs --out $(or $(OUT),tables) $(ARGS)
+
+bench: setup ## speed and memory benchmarks, ours against the reference, side by side
+	$(PY) -m bench $(ARGS)

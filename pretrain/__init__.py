@@ -1,0 +1,1 @@
+"""Barlow Twins pretraining and ImageNet evaluation (linear, semi-supervised). Never imports Detectron2."""
