@@ -1,0 +1,159 @@
+"""The Barlow Twins model and loss (Zbontar et al. 2021), exact under any number of processes.
+
+The loss normalises each view's embeddings over the **global** batch (BatchNorm without affine,
+biased variance, eps 1e-5, like ``nn.BatchNorm1d`` in training mode), then penalises the
+cross-correlation matrix ``C = z1n^T z2n / N``::
+
+    loss = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2
+
+Two forms give the same value and gradients:
+
+- ``"cross_correlation"``: the paper's D x D matrix (under DDP: all-reduce of the D x D matrix);
+- ``"gram"``: never builds the D x D matrix. ``||C||_F^2 = sum_nm (Z1 Z1^T)_nm (Z2 Z2^T)_nm / N^2``
+  and ``diag(C)`` is a column-wise dot product. Under DDP each process all-gathers the normalised
+  embeddings (N x D) and computes only its own rows of the two N x N Gram matrices, so the cost is
+  O(N_local * N * D) time and O(N_local * N + N * D) memory.
+
+``"auto"`` picks the cheaper one by flop count: cross-correlation costs N_local * D^2, gram
+2 * N_local * N * D, so gram wins when ``GRAM_CROSSOVER * N <= D``.
+
+Exact gradients under DDP: every collective here is autograd-aware
+(``torch.distributed.nn.functional``), so every process computes the same global loss and the
+backward of each collective sums the gradient contributions of all processes. Each process's
+gradient is therefore ``world_size * dL/dtheta`` and DDP's averaging returns exactly ``dL/dtheta``:
+the same as one process on the whole batch, whatever the number of processes. The official code
+all-reduces C outside autograd, which drops the other processes' contributions and so scales every
+gradient by ``1 / world_size``; ``official_grad_scaling=True`` reproduces that (the loss value is
+unchanged) for runs that must match the official learning-rate behaviour.
+
+Local batches must have the same size on every process (the loader drops the last partial batch).
+"""
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torchvision
+from torch import nn
+
+LOSS_FORMS = ("auto", "cross_correlation", "gram")
+# Flop-count crossover (see module docstring); a benchmark may tune it per accelerator.
+GRAM_CROSSOVER = 2.0
+BN_EPS = 1e-5
+
+
+def _world_size():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_sum(tensor):
+    return dist_nn.all_reduce(tensor) if _world_size() > 1 else tensor
+
+
+def _global_batch_norm(z, global_batch, eps):
+    """Standardise each column of ``z`` with the mean and biased variance of the global batch."""
+    mean = _global_sum(z.sum(dim=0)) / global_batch
+    centred = z - mean
+    var = _global_sum(centred.square().sum(dim=0)) / global_batch
+    return centred * torch.rsqrt(var + eps)
+
+
+def choose_form(global_batch, dim):
+    """The cheaper form for these sizes (see the module docstring)."""
+    return "gram" if GRAM_CROSSOVER * global_batch <= dim else "cross_correlation"
+
+
+def _loss_cross_correlation(z1n, z2n, global_batch, lambd):
+    c = _global_sum(z1n.T @ z2n) / global_batch
+    diag = torch.diagonal(c)
+    on_diag = (1 - diag).square().sum()
+    off_diag = c.square().sum() - diag.square().sum()
+    return on_diag + lambd * off_diag
+
+
+def _loss_gram(z1n, z2n, global_batch, lambd):
+    diag = _global_sum((z1n * z2n).sum(dim=0)) / global_batch
+    if _world_size() > 1:
+        z1_all = torch.cat(dist_nn.all_gather(z1n), dim=0)
+        z2_all = torch.cat(dist_nn.all_gather(z2n), dim=0)
+    else:
+        z1_all, z2_all = z1n, z2n
+    # This process's rows of the two Gram matrices; their elementwise product summed over all
+    # processes is N^2 ||C||_F^2.
+    frobenius_sq = _global_sum(((z1n @ z1_all.T) * (z2n @ z2_all.T)).sum()) / global_batch**2
+    on_diag = (1 - diag).square().sum()
+    off_diag = frobenius_sq - diag.square().sum()
+    return on_diag + lambd * off_diag
+
+
+def barlow_twins_loss(z1, z2, lambd=0.0051, form="auto", eps=BN_EPS, official_grad_scaling=False):
+    """Barlow Twins loss of the raw projector outputs ``z1``, ``z2`` (local batch x D) of the two views.
+
+    Computed in at least float32 whatever the autocast dtype: the sums over D x D terms lose too
+    much in half precision.
+    """
+    if form not in LOSS_FORMS:
+        raise ValueError(f"loss form {form!r}: expected one of {LOSS_FORMS}")
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(f"embeddings must be two N x D tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    world_size = _world_size()
+    local_batch, dim = z1.shape
+    global_batch = local_batch * world_size
+    if global_batch < 2:
+        raise ValueError("the Barlow Twins loss needs a global batch of at least 2 (batch statistics)")
+    if form == "auto":
+        form = choose_form(global_batch, dim)
+    dtype = torch.promote_types(z1.dtype, torch.float32)
+    with torch.autocast(z1.device.type, enabled=False):
+        z1n = _global_batch_norm(z1.to(dtype), global_batch, eps)
+        z2n = _global_batch_norm(z2.to(dtype), global_batch, eps)
+        compute = _loss_gram if form == "gram" else _loss_cross_correlation
+        loss = compute(z1n, z2n, global_batch, lambd)
+    if official_grad_scaling and world_size > 1:
+        # Same value, gradient times 1/world_size: what the official all-reduce outside autograd gives.
+        loss = loss / world_size + loss.detach() * (1 - 1 / world_size)
+    return loss
+
+
+def parse_projector(spec):
+    """``"8192-8192-8192"`` -> [8192, 8192, 8192], with a clear error for anything else."""
+    try:
+        sizes = [int(part) for part in str(spec).split("-")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size <= 0 for size in sizes):
+        raise ValueError(f"projector {spec!r}: expected positive layer widths joined by '-', e.g. '8192-8192-8192'")
+    return sizes
+
+
+def build_projector(in_features, spec):
+    """[Linear(bias=False) -> BatchNorm1d -> ReLU] per hidden layer, then a final Linear(bias=False)."""
+    sizes = [in_features] + parse_projector(spec)
+    layers = []
+    for width_in, width_out in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(width_in, width_out, bias=False), nn.BatchNorm1d(width_out), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
+    return nn.Sequential(*layers)
+
+
+class BarlowTwins(nn.Module):
+    """ResNet-50 backbone + projector; ``forward(y1, y2)`` returns the loss of the two views.
+
+    Attribute names match the official model (``backbone``, ``projector``, ``bn``) so official
+    checkpoints and ours share keys. ``bn`` holds the loss's normalisation (BatchNorm1d without
+    affine): the loss uses its ``eps`` and global batch statistics, never its running statistics,
+    exactly as the official model does in training mode.
+    """
+
+    def __init__(self, projector="8192-8192-8192", lambd=0.0051, loss_form="auto", official_grad_scaling=False):
+        super().__init__()
+        if loss_form not in LOSS_FORMS:
+            raise ValueError(f"loss form {loss_form!r}: expected one of {LOSS_FORMS}")
+        self.lambd, self.loss_form, self.official_grad_scaling = lambd, loss_form, official_grad_scaling
+        self.backbone = torchvision.models.resnet50(zero_init_residual=True)
+        self.backbone.fc = nn.Identity()
+        self.projector = build_projector(2048, projector)
+        self.bn = nn.BatchNorm1d(parse_projector(projector)[-1], affine=False)
+
+    def forward(self, y1, y2):
+        z1 = self.projector(self.backbone(y1))
+        z2 = self.projector(self.backbone(y2))
+        return barlow_twins_loss(z1, z2, self.lambd, self.loss_form, self.bn.eps, self.official_grad_scaling)
