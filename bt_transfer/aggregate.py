@@ -1,0 +1,181 @@
+"""From result records to table rows: seeds aggregated, our rows beside the paper's, best values marked.
+
+Pure functions on plain data (records as ``bt_transfer.results.collect_results`` returns them), so every
+rule here is testable on hand-made cases. The rules:
+
+* A *group* is every run with the same weights (sha256 and label), task and protocol deviations; its seeds are
+  aggregated as mean, sample standard deviation (ddof=1; none for a single seed) and n.
+* A *row* of ours joins the groups of one backbone across the tasks of a table. Full-protocol groups share one
+  row; runs off the protocol never share a row with full-protocol runs and carry a footnote with their deviations.
+* Delta: our row's displayed (one-decimal) mean minus the paper's Barlow Twins row, so the reader can check it.
+* Marks as the paper does them (bold best, or underlined top-3 self-supervised for Table 1), computed among the
+  paper's rows and our full-protocol rows only: a run off the protocol (e.g. on generated data) neither wins a
+  mark nor takes one away from the paper's rows. Ties at one decimal are all marked, as the paper does.
+"""
+import statistics
+from dataclasses import dataclass, field
+
+from bt_transfer.paper import TASK_NAMES
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float | None      # None for a single seed and for the paper's values
+    n: int | None          # None for the paper's values (the paper does not say)
+
+
+@dataclass(frozen=True)
+class Group:
+    label: str
+    sha256: str
+    task: str
+    deviations: tuple
+    records: tuple         # sorted by seed, one per seed
+
+    @property
+    def seeds(self):
+        return tuple(r["seed"] for r in self.records)
+
+    def stat(self, metric):
+        values = [r["metrics"][metric] for r in self.records if metric in r["metrics"]]
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return Stat(statistics.fmean(values), std, len(values))
+
+
+@dataclass
+class Row:
+    method: str
+    source: str
+    kind: str                                       # "paper" or "run"
+    role: str                                       # paper.ROLES, or "run"
+    cells: dict                                     # Column.key -> Stat
+    groups: dict = field(default_factory=dict)      # task -> Group (runs only)
+    marker: str = ""                                # footnote marker of a run off the protocol
+    delta: dict = field(default_factory=dict)       # Column.key -> float
+    marks: dict = field(default_factory=dict)       # Column.key -> "bold" | "underline"
+
+    @property
+    def full_protocol(self):
+        return self.kind == "paper" or not any(g.deviations for g in self.groups.values())
+
+    @property
+    def sha256(self):
+        return next(iter(self.groups.values())).sha256 if self.groups else ""
+
+
+@dataclass
+class Table:
+    spec: object                                    # paper.TableSpec
+    rows: list
+    footnotes: list                                 # [(marker, text)]
+
+    @property
+    def run_rows(self):
+        return [row for row in self.rows if row.kind == "run"]
+
+
+def group_runs(records):
+    """Group records; returns (groups sorted by key, problems). A seed recorded twice in one group keeps the
+    first file (sorted by path) and reports the others; a metric outside [0, 100] (not a percentage) drops its run."""
+    by_key, problems = {}, []
+    for record in sorted(records, key=lambda r: r["_path"]):
+        bad = sorted(k for k, v in record["metrics"].items() if not 0 <= v <= 100)
+        if bad:
+            problems.append(f"{record['_path']}: metric(s) {', '.join(bad)} outside [0, 100], expected percentages; left out")
+            continue
+        weights = record["weights"]
+        key = (weights["label"], weights["sha256"], record["task"], tuple(record["protocol"]["deviations"]))
+        seeds = by_key.setdefault(key, {})
+        if record["seed"] in seeds:
+            problems.append(f"{record['_path']}: seed {record['seed']} already recorded by "
+                            f"{seeds[record['seed']]['_path']} for the same weights, task and protocol; left out")
+            continue
+        seeds[record["seed"]] = record
+    groups = [Group(*key, tuple(seeds[s] for s in sorted(seeds))) for key, seeds in sorted(by_key.items())]
+    return groups, problems
+
+
+def _run_rows(spec, groups):
+    """Rows of ours for one table: full-protocol groups of a backbone share a row; its groups off the protocol fill
+    further rows, the k-th group of each task (in deviation order) in the k-th row."""
+    tasks = list(dict.fromkeys(c.task for c in spec.columns))     # in the table's column order
+    slots = {}
+    for group in groups:
+        if group.task in tasks:
+            slot = slots.setdefault((group.label, group.sha256, bool(group.deviations)), {})
+            slot.setdefault(group.task, []).append(group)
+    rows = []
+    for (label, sha256, off_protocol), by_task in sorted(slots.items(), key=lambda item: (item[0][2], item[0][:2])):
+        for k in range(max(len(g) for g in by_task.values())):
+            row_groups = {task: by_task[task][k] for task in tasks if k < len(by_task.get(task, ()))}
+            cells = {}
+            for column in spec.columns:
+                group = row_groups.get(column.task)
+                stat = group.stat(column.metric) if group else None
+                if stat:
+                    cells[column.key] = stat
+            rows.append(Row(label, _run_source(row_groups, sha256), "run", "run", cells, row_groups))
+    return rows
+
+
+def _run_source(row_groups, sha256):
+    counts = {TASK_NAMES[task]: len(group.records) for task, group in row_groups.items()}
+    if len(set(counts.values())) == 1:
+        seeds = f"n={next(iter(counts.values()))}"
+    else:
+        seeds = ", ".join(f"{name} n={n}" for name, n in counts.items())
+    return f"this suite, {seeds}; weights {sha256[:12]}"
+
+
+def deviation_note(row):
+    """The footnote text of a row off the protocol."""
+    lists = {task: group.deviations for task, group in row.groups.items() if group.deviations}
+    if len(set(lists.values())) == 1 and len(lists) == len(row.groups):
+        detail = "; ".join(next(iter(lists.values())))
+    else:
+        detail = " ".join(f"{TASK_NAMES[task]}: {'; '.join(devs)}." for task, devs in lists.items()).rstrip(".")
+    return f"Not the paper's protocol ({detail}): not comparable with the paper's rows, never marked best."
+
+
+def _assign_footnotes(rows):
+    """One marker (a, b, ...) per distinct footnote text, in row order."""
+    footnotes = {}
+    for row in rows:
+        if not row.full_protocol:
+            note = deviation_note(row)
+            row.marker = footnotes.setdefault(note, chr(ord("a") + len(footnotes)))
+    return [(marker, note) for note, marker in footnotes.items()]
+
+
+def _mark(spec, rows):
+    eligible = [row for row in rows if row.full_protocol]
+    if spec.marking == "underline-top3-ssl":
+        eligible, style, places = [row for row in eligible if row.role != "supervised"], "underline", 3
+    else:
+        style, places = "bold", 1
+    for column in spec.columns:
+        shown = {id(row): round(row.cells[column.key].mean, 1) for row in eligible if column.key in row.cells}
+        if not shown:
+            continue
+        threshold = sorted(shown.values(), reverse=True)[:places][-1]
+        for row in eligible:
+            if shown.get(id(row), -1) >= threshold:
+                row.marks[column.key] = style
+
+
+def build_table(spec, paper_rows, groups):
+    """The table ``spec``: the paper's rows in its order, then ours (full protocol first), with deltas and marks."""
+    rows = [Row(p.method, p.source, "paper", p.role, {k: Stat(v, None, None) for k, v in p.values.items()})
+            for p in paper_rows]
+    reference = next(row for row in rows if row.role == "barlow-twins")
+    ours = _run_rows(spec, groups)
+    for row in ours:
+        row.delta = {key: round(round(stat.mean, 1) - reference.cells[key].mean, 1)
+                     for key, stat in row.cells.items() if key in reference.cells}
+    rows += ours
+    footnotes = _assign_footnotes(ours)
+    _mark(spec, rows)
+    return Table(spec, rows, footnotes)
