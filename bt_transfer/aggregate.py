@@ -131,13 +131,13 @@ def _run_source(row_groups, sha256):
 
 
 def deviation_note(row):
-    """The footnote text of a row off the protocol."""
+    """The footnote text of a row off the protocol: its deviations, per task when the tasks differ."""
     lists = {task: group.deviations for task, group in row.groups.items() if group.deviations}
     if len(set(lists.values())) == 1 and len(lists) == len(row.groups):
-        detail = "; ".join(next(iter(lists.values())))
+        detail = "; ".join(next(iter(lists.values()))) + "."
     else:
-        detail = " ".join(f"{TASK_NAMES[task]}: {'; '.join(devs)}." for task, devs in lists.items()).rstrip(".")
-    return f"Not the paper's protocol ({detail}): not comparable with the paper's rows, never marked best."
+        detail = " ".join(f"{TASK_NAMES[task]}: {'; '.join(devs)}." for task, devs in lists.items())
+    return f"Not the paper's protocol, so not comparable with its rows and never marked best: {detail}"
 
 
 def _assign_footnotes(rows):
