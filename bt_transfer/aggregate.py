@@ -105,10 +105,10 @@ def _run_rows(spec, groups):
     slots = {}
     for group in groups:
         if group.task in tasks:
-            slot = slots.setdefault((group.label, group.sha256, bool(group.deviations)), {})
+            slot = slots.setdefault((bool(group.deviations), group.label, group.sha256), {})
             slot.setdefault(group.task, []).append(group)
     rows = []
-    for (label, sha256, off_protocol), by_task in sorted(slots.items(), key=lambda item: (item[0][2], item[0][:2])):
+    for (_, label, sha256), by_task in sorted(slots.items()):       # full-protocol rows first
         for k in range(max(len(g) for g in by_task.values())):
             row_groups = {task: by_task[task][k] for task in tasks if k < len(by_task.get(task, ()))}
             cells = {}

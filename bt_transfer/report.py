@@ -12,6 +12,7 @@ a seed that did not finish) are reported by name and left out; the rest is writt
 atomically and the same inputs give byte-identical files. Imports neither torch nor Detectron2.
 """
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,16 +27,22 @@ PRETRAIN_ARGS = "args.json"
 LOSS_PLOT = "pretrain_loss.png"
 # Files a run writes before it finishes (ours, Detectron2's): a folder holding one but no result.json is a run
 # that did not finish, e.g. a missing seed.
-RUN_FILES = ("args.json", "config.yaml", "metrics.json", "metrics.jsonl")
+RUN_FILES = ("args.json", "config.yaml", "log.txt", "metrics.json", "metrics.jsonl")
 
 
 def is_pretrain_log(folder):
     """Pretraining writes ``args.json`` and per-step ``metrics.jsonl`` lines with ``step`` and ``loss``;
-    the evaluations log per epoch (no ``step``) and finish with a ``result.json``."""
+    the evaluations log per epoch (no ``step``) and finish with a ``result.json``. Reads the first line only:
+    a pretraining log can hold millions."""
     folder = Path(folder)
     if not (folder / PRETRAIN_LOG).is_file() or not (folder / PRETRAIN_ARGS).is_file() or (folder / RESULT_FILE).exists():
         return False
-    return any("step" in line and "loss" in line for line in read_metrics(folder / PRETRAIN_LOG))
+    with open(folder / PRETRAIN_LOG) as f:
+        try:
+            first = json.loads(f.readline())
+        except json.JSONDecodeError:
+            return False
+    return isinstance(first, dict) and "step" in first and "loss" in first
 
 
 def scan_folders(folders):
@@ -62,8 +69,10 @@ def loss_curves(log_folders):
         if not path.is_file():
             problems.append(f"{path}: no such file (expected the pretraining log metrics.jsonl)")
             continue
-        points = sorted((line["step"], line["loss"]) for line in read_metrics(path)
-                        if isinstance(line.get("step"), int) and isinstance(line.get("loss"), (int, float)))
+        # A resumed run logs its steps again from the last checkpoint: the later line wins.
+        by_step = {line["step"]: line["loss"] for line in read_metrics(path)
+                   if isinstance(line.get("step"), int) and isinstance(line.get("loss"), (int, float))}
+        points = sorted(by_step.items())
         if not points:
             problems.append(f"{path}: no line with an integer 'step' and a numeric 'loss'; no loss curve")
             continue

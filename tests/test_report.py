@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bt_transfer import aggregate, paper, render
+from bt_transfer import aggregate, paper, render, report
 from bt_transfer.report import build_report
 from bt_transfer.results import METRIC_KEYS, make_record, write_result
 
@@ -274,3 +274,17 @@ def test_report_cli_imports_neither_torch_nor_detectron2(tmp_path):
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, text=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"{n}.{ext}" for n in TABLE_NAMES for ext in ("md", "csv", "tex", "png")] + ["README.md"])
+
+
+def test_loss_curve_of_a_resumed_pretraining_keeps_the_later_lines(tmp_path):
+    resumed, empty = tmp_path / "resumed", tmp_path / "empty"
+    for folder in (resumed, empty):
+        folder.mkdir()
+        (folder / "args.json").write_text("{}")
+    lines = [{"step": 0, "loss": 9.0}, {"step": 1, "loss": 8.0}, {"step": 1, "loss": 7.5}, {"step": 2, "loss": 7.0}]
+    (resumed / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"step": 3, "lo')
+    (empty / "metrics.jsonl").write_text('{"epoch": 0, "top1": 1.0}\n')
+    assert report.is_pretrain_log(resumed) and not report.is_pretrain_log(empty)
+    curves, problems = report.loss_curves([resumed, empty])
+    assert curves == [(str(resumed), [0, 1, 2], [9.0, 7.5, 7.0])]
+    assert problems == [f"{empty / 'metrics.jsonl'}: no line with an integer 'step' and a numeric 'loss'; no loss curve"]
