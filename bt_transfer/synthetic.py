@@ -169,20 +169,24 @@ def _rasterize(polygon, height, width, margin=0):
     return np.asarray(canvas) > 0
 
 
-def _render(rng, height, width, styles, max_objects, allow_truncation):
-    """Draw 1..max_objects non-overlapping instances; return the image and their records.
+SMALL_FRACTION = 0.12  # share of instances drawn small; VOC marks them difficult
 
-    Objects never overlap, so each drawn mask is also its visible mask and the boxes are tight.
-    Each record holds the class index, the polygon, the pixel mask and whether it is small
-    ("difficult") or cut by the border ("truncated").
+
+def _render(rng, height, width, styles, wanted, allow_truncation):
+    """Draw the ``wanted`` (label, small) instances without overlap on a fresh background.
+
+    Returns the image, one record per drawn instance (class index, polygon, pixel mask, whether
+    it is small, i.e. "difficult", or cut by the border, i.e. "truncated") and the wanted
+    instances that found no room. Objects never overlap, so each mask is also the visible
+    region and the boxes are tight. The first instance always fits: the canvas is empty and
+    even a small one covers more than the minimum area.
     """
     image = _background(rng, height, width)
-    objects, taken = [], np.zeros((height, width), dtype=bool)
-    for _ in range(rng.integers(1, max_objects + 1)):
-        label = int(rng.integers(len(styles)))
-        small = rng.random() < 0.12
+    objects, no_room, taken = [], [], np.zeros((height, width), dtype=bool)
+    for label, small in wanted:
         for _attempt in range(30):
-            side = min(height, width) * (rng.uniform(0.12, 0.18) if small else rng.uniform(0.25, 0.6))
+            scale = rng.uniform(0.12, 0.18) if small else rng.uniform(0.25, 0.6)
+            side = max(8.0, min(height, width) * scale)
             inside = not (allow_truncation and rng.random() < 0.1)
             polygon = _polygon(styles[label], rng, height, width, side, inside)
             mask = _rasterize(polygon, height, width)
@@ -190,13 +194,47 @@ def _render(rng, height, width, styles, max_objects, allow_truncation):
             if mask.sum() >= 16 and not (_rasterize(polygon, height, width, margin=2) & taken).any():
                 break
         else:
+            no_room.append((label, small))
             continue
         image[mask] = _texture(styles[label], rng, height, width)[mask]
         taken |= mask
         outside = any(x < 0 or y < 0 or x > width - 1 or y > height - 1 for x, y in polygon)
         objects.append({"label": label, "polygon": polygon, "mask": mask,
                         "difficult": bool(small), "truncated": outside})
-    return image.clip(0, 255).astype(np.uint8), objects
+    return image.clip(0, 255).astype(np.uint8), objects, no_room
+
+
+class _ClassQueue:
+    """The instances of one detection split, dealt in shuffled rounds of all classes.
+
+    Every class then appears in every split, about equally often. The first round is all
+    full-sized, so each class has ground truth that is not "difficult": Pascal's evaluator
+    ignores difficult objects, and a class with none left would score AP 0 even for a
+    perfect detector.
+    """
+
+    def __init__(self, rng, classes):
+        self.rng, self.classes, self.queue, self.first_round = rng, classes, [], True
+
+    def take(self, count):
+        while len(self.queue) < count:
+            self.queue += [(int(label), not self.first_round and self.rng.random() < SMALL_FRACTION)
+                           for label in self.rng.permutation(self.classes)]
+            self.first_round = False
+        taken, self.queue = self.queue[:count], self.queue[count:]
+        return taken
+
+    def put_back(self, instances):
+        """Instances that found no room in one image go first into the next."""
+        self.queue = list(instances) + self.queue
+
+
+def _render_scene(rng, queue, height, width, styles, allow_truncation):
+    """An image of 1-3 instances dealt from ``queue``."""
+    image, objects, no_room = _render(rng, height, width, styles, queue.take(int(rng.integers(1, 4))),
+                                      allow_truncation)
+    queue.put_back(no_room)
+    return image, objects
 
 
 def _pixel_box(mask):
@@ -217,12 +255,13 @@ def _save_jpeg(array, path):
 
 
 def write_imagenet(root, rng, size):
-    """ImageFolder tree with one centred-anywhere object per image; folder names are synset-like."""
+    """ImageFolder tree, one object of the class per image; folder names are synset-like."""
     synsets = [f"n{i + 1:08d}" for i in range(IMAGENET_CLASSES)]
     for split, per_class in IMAGENET_PER_CLASS.items():
         for label, synset in enumerate(synsets):
             for index in range(per_class):
-                image, _ = _render(rng, size, size, IMAGENET_STYLES[label:label + 1], 1, False)
+                image, _, _ = _render(rng, size, size, IMAGENET_STYLES, [(label, rng.random() < SMALL_FRACTION)],
+                                      False)
                 _save_jpeg(image, root / split / synset / f"{synset}_{index}.JPEG")
     (root / "synsets.txt").write_text(
         "".join(f"{s} {style['shape']}\n" for s, style in zip(synsets, IMAGENET_STYLES)))
@@ -256,12 +295,12 @@ def write_voc(root, year, splits, rng, size):
     """One Pascal VOC year; ``train``/``val`` halve ``trainval`` as in the real release."""
     counter, counts = 0, {}
     for split, count in splits.items():
-        ids = []
+        ids, queue = [], _ClassQueue(rng, len(VOC_CLASSES))
         for _ in range(count):
             counter += 1
             file_id = f"{counter:06d}" if year == 2007 else f"{year}_{counter:06d}"
             height, width = _image_size(rng, size)
-            image, objects = _render(rng, height, width, VOC_STYLES, 3, True)
+            image, objects = _render_scene(rng, queue, height, width, VOC_STYLES, True)
             _save_jpeg(image, root / "JPEGImages" / f"{file_id}.jpg")
             annotation = root / "Annotations" / f"{file_id}.xml"
             annotation.parent.mkdir(parents=True, exist_ok=True)
@@ -282,10 +321,10 @@ def write_coco(root, rng, size):
     """COCO 2017 layout: image folders and instances jsons with polygons for all objects."""
     counts, next_image, next_annotation = {}, 1, 1
     for split, count in COCO_SPLITS.items():
-        images, annotations = [], []
+        images, annotations, queue = [], [], _ClassQueue(rng, len(COCO_USED_IDS))
         for _ in range(count):
             height, width = _image_size(rng, size)
-            image, objects = _render(rng, height, width, COCO_STYLES, 3, False)
+            image, objects = _render_scene(rng, queue, height, width, COCO_STYLES, False)
             file_name = f"{next_image:012d}.jpg"
             _save_jpeg(image, root / split / file_name)
             images.append({"id": next_image, "file_name": file_name, "width": width, "height": height})
