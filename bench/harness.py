@@ -1,0 +1,159 @@
+"""Timing, peak memory, machine facts and tables shared by every benchmark.
+
+Side by side means interleaved: each repetition runs every implementation once, in turn, so
+that a noisy neighbour on a shared machine slows all of them alike and the ratios stay honest.
+"""
+import contextlib
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+def machine_info(device):
+    """The facts a reader needs to compare figures across machines."""
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    with contextlib.suppress(ImportError):
+        import torchvision
+        import PIL
+
+        info["torchvision"] = torchvision.__version__
+        info["pillow"] = PIL.__version__
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def _cpu_model():
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def format_machine(info):
+    return " | ".join(f"{key} {value}" for key, value in info.items())
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    median: float
+    runs: list
+
+    @property
+    def spread(self):
+        """(max - min) / median: how far to trust the median on a shared machine."""
+        return (max(self.runs) - min(self.runs)) / self.median if self.median else float("nan")
+
+
+def time_side_by_side(functions, device, reps=3, warmup=1, before_each=None):
+    """Median wall time of each ``name -> fn()``, the repetitions interleaved across names.
+
+    ``before_each(name)`` runs untimed before every call (e.g. to clear gradients).
+    """
+    def call(name, fn):
+        if before_each is not None:
+            before_each(name)
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for name, fn in functions.items():
+            call(name, fn)
+    runs = {name: [] for name in functions}
+    for _ in range(reps):
+        for name, fn in functions.items():
+            runs[name].append(call(name, fn))
+    return {name: Timing(statistics.median(r), r) for name, r in runs.items()}
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto prints start/stop lines straight to file descriptor 2; keep the tables readable."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_memory_increase(fn, device):
+    """Peak bytes of tensors allocated by ``fn()`` above what was allocated before it.
+
+    CUDA: the caching allocator's own counters. CPU: torch.profiler's memory events (every
+    allocation and free of the CPU allocator, in order); their running sum's maximum is the
+    peak of live tensor memory. This counts tensors only, not interpreter or library overhead,
+    which is what the formulations differ in.
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+        key=lambda e: e.start_ns(),
+    )
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
+
+
+def format_table(header, rows):
+    """Plain fixed-width table: columns as wide as their widest cell, numbers right-aligned."""
+    cells = [[str(h) for h in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = []
+    for k, row in enumerate(cells):
+        lines.append("  ".join(
+            cell.rjust(w) if k and _is_number(cell) else cell.ljust(w) for cell, w in zip(row, widths)
+        ).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _is_number(text):
+    try:
+        float(text.rstrip("x%").replace("GiB", "").replace("MiB", ""))
+        return True
+    except ValueError:
+        return False
+
+
+def mib(nbytes):
+    return f"{nbytes / 2**20:.0f}"
+
+
+def ratio(ours, reference):
+    return f"{ours / reference:.2f}x"
