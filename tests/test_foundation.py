@@ -79,6 +79,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("crash mid-write")
     assert json.loads(target.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["out.json"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~fileio._umask()  # not mkstemp's 0600
 
 
 def test_metrics_log_survives_a_torn_last_line_and_progress_shows_eta(tmp_path, capsys):
