@@ -32,9 +32,15 @@ def atomic_write(path, mode="w"):
 
 
 def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    # os.umask can only be read by setting it; do it once, before any worker threads exist.
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK = None
 
 
 def write_json(path, obj):
