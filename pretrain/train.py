@@ -1,0 +1,225 @@
+"""Barlow Twins pretraining of a ResNet-50 on an ImageFolder: one process, torchrun or SLURM.
+
+    torchrun --standalone --nproc_per_node=8 -m pretrain.train --data datasets/imagenet/train --out runs/pretrain
+    python -m pretrain.train --data D --out O --epochs 2 --batch-size 16 --projector 256-256 --image-size 64  # CPU smoke
+
+Defaults are the official facebookresearch/barlowtwins ones (the paper's values in brackets where
+they differ): batch 2048, 1000 epochs, projector 8192-8192-8192, lambda 0.0051 (5e-3), LARS with
+weight decay 1e-6 (1.5e-6), learning rate batch/256 x 0.2 (weights) and x 0.0048 (biases and BN),
+10 warmup epochs then cosine to 1/1000.
+
+Writes to OUT (rank 0): ``args.json`` (resolved arguments, world size, code version),
+``metrics.jsonl`` (step, epoch, loss, lr, images_per_s, data_time, max_memory_gb), TensorBoard
+events in ``tensorboard/``, ``checkpoint.pth`` every --checkpoint-every steps and at each epoch end
+(a restarted run resumes from it, exactly, even mid-epoch), and at the end ``resnet50.pth``, the
+backbone in the official export format.
+
+Gradients are exact for any number of processes (see pretrain.barlow_twins); --official-grad-scaling
+reproduces the official code's 1/world_size gradient scale. Batch norm runs over the global batch
+under DDP on GPU (SyncBatchNorm); SyncBatchNorm needs CUDA, so a multi-process CPU run (tests only)
+normalises the backbone and projector per process. A corrupt image stops the run with an error naming
+the file (see pretrain.data).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from bt_transfer.fileio import write_json
+from bt_transfer.progress import MetricsLog, Progress, peak_rss_gb
+from bt_transfer.results import code_version
+from pretrain.augment import TwoViews, normalize_batch
+from pretrain.barlow_twins import LOSS_FORMS, BarlowTwins, parse_projector
+from pretrain.checkpoint import BACKBONE_FILE, CHECKPOINT_FILE, export_backbone, resume, save_checkpoint
+from pretrain.data import ResumableSampler, TwoViewDataset, make_loader
+from pretrain.distributed import cleanup, init_distributed
+from pretrain.lars import LARS, base_learning_rate, learning_rate, param_groups, set_learning_rate
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m pretrain.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="A corrupt or unreadable image stops the run with an error naming the file (no silent skip); "
+               "fix or remove it and rerun the same command: training resumes from OUT/checkpoint.pth.",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="ImageFolder root: <data>/<class>/<image>")
+    parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics, resnet50.pth")
+    parser.add_argument("--epochs", type=int, default=1000, help="passes over the data (paper: 1000)")
+    parser.add_argument("--batch-size", type=int, default=2048, help="global batch, over all processes")
+    parser.add_argument("--projector", default="8192-8192-8192", help="projector layer widths")
+    parser.add_argument("--lambd", type=float, default=0.0051, help="weight of the off-diagonal terms")
+    parser.add_argument("--learning-rate-weights", type=float, default=0.2, help="multiplier of batch/256 for weights")
+    parser.add_argument("--learning-rate-biases", type=float, default=0.0048,
+                        help="multiplier of batch/256 for biases and BN parameters")
+    parser.add_argument("--weight-decay", type=float, default=1e-6, help="LARS weight decay (paper: 1.5e-6)")
+    parser.add_argument("--warmup-epochs", type=int, default=10, help="linear warmup before the cosine decay")
+    parser.add_argument("--image-size", type=int, default=224, help="side of the square crops")
+    parser.add_argument("--workers", type=int, default=8, help="data-loading processes per training process")
+    parser.add_argument("--seed", type=int, default=0, help="model init, data order and augmentations")
+    parser.add_argument("--loss-form", choices=LOSS_FORMS, default="auto",
+                        help="cross_correlation (D x D) or gram (N x N); auto picks the cheaper one")
+    parser.add_argument("--official-grad-scaling", action="store_true",
+                        help="scale gradients by 1/world_size like the official code; without it gradients are exact")
+    parser.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (also at each epoch end)")
+    parser.add_argument("--log-every", type=int, default=10, help="steps between metrics lines")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                        help="mixed precision: auto = bf16 (fp16 before Ampere) on CUDA, off on CPU")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convolutions on GPU)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total (smoke runs)")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        parse_projector(args.projector)
+    except ValueError as error:
+        parser.error(f"--projector: {error}")
+    for name in ("epochs", "batch_size", "image_size", "checkpoint_every", "log_every"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.batch_size < 2:
+        parser.error("--batch-size must be at least 2: the loss normalises over the batch")
+    if args.max_steps is not None and args.max_steps <= 0:
+        parser.error(f"--max-steps must be positive, got {args.max_steps}")
+    return args
+
+
+def resolve_amp(choice, device):
+    """The autocast dtype for ``--amp`` on ``device``, or None for full precision."""
+    if choice == "off" or (choice == "auto" and device.type != "cuda"):
+        return None
+    if choice == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def max_memory_gb(device):
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else peak_rss_gb()
+
+
+def build_model(args, dist_info):
+    model = BarlowTwins(args.projector, args.lambd, args.loss_form, args.official_grad_scaling)
+    if dist_info.distributed and dist_info.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    return model.to(dist_info.device, memory_format=memory_format)
+
+
+def to_device_views(batch, device, channels_last):
+    """uint8 views from the loader -> normalised float views on ``device`` (normalising there is cheaper)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return [normalize_batch(v.to(device, non_blocking=True)).contiguous(memory_format=memory_format) for v in batch]
+
+
+def train(args, dist_info):
+    device = dist_info.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(args.seed)
+    dataset = TwoViewDataset(args.data, TwoViews(args.image_size, normalize=False), seed=args.seed)
+    sampler = ResumableSampler(len(dataset), args.batch_size, dist_info.rank, dist_info.world_size, args.seed)
+    loader = make_loader(dataset, sampler, args.workers, pin_memory=device.type == "cuda")
+    steps_per_epoch = sampler.steps_per_epoch
+    total_steps = args.epochs * steps_per_epoch
+    stop_step = min(total_steps, args.max_steps or total_steps)
+
+    model = build_model(args, dist_info)
+    optimizer = LARS(param_groups(model, args.weight_decay))
+    amp_dtype = resolve_amp(args.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    checkpoint_path = args.out / CHECKPOINT_FILE
+    schedule = dict(steps_per_epoch=steps_per_epoch, global_batch=args.batch_size, projector=args.projector)
+    step = 0
+    if checkpoint_path.exists():
+        step = resume(checkpoint_path, model=model, optimizer=optimizer, scaler=scaler, **schedule)
+    ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if dist_info.distributed else model
+
+    base_lr = base_learning_rate(args.batch_size)
+    multipliers = (args.learning_rate_weights, args.learning_rate_biases)
+
+    def checkpoint():
+        if dist_info.is_main:
+            save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scaler=scaler, **schedule)
+
+    metrics = writer = progress = None
+    if dist_info.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+        resolved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        write_json(args.out / "args.json", {
+            **resolved, "world_size": dist_info.world_size, "code_version": code_version(),
+            "steps_per_epoch": steps_per_epoch, "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
+            "resumed_from_step": step, "command": " ".join(sys.argv),
+        })
+        from torch.utils.tensorboard import SummaryWriter  # imported here: only rank 0 pays for it
+
+        metrics, writer = MetricsLog(args.out / "metrics.jsonl"), SummaryWriter(args.out / "tensorboard")
+        progress = Progress(stop_step, name="pretrain", unit="img", start=step)
+        print(f"pretrain: {len(dataset)} images, {steps_per_epoch} steps/epoch, steps {step}->{stop_step}, "
+              f"world size {dist_info.world_size}, amp {amp_dtype or 'off'}, device {device}", file=sys.stderr, flush=True)
+
+    model.train()
+    window_start, window_steps, data_time = time.perf_counter(), 0, 0.0
+    while step < stop_step:
+        epoch = step // steps_per_epoch
+        sampler.set_position(epoch, step % steps_per_epoch)
+        fetch_start = time.perf_counter()
+        for batch in loader:
+            y1, y2 = to_device_views(batch, device, args.channels_last)
+            data_time += time.perf_counter() - fetch_start
+            lr = learning_rate(step, total_steps, args.warmup_epochs * steps_per_epoch, base_lr)
+            set_learning_rate(optimizer, lr, multipliers)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = ddp_model(y1, y2)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            window_steps += 1
+            end_of_epoch = step % steps_per_epoch == 0
+            if dist_info.is_main and (step % args.log_every == 0 or step == stop_step or end_of_epoch):
+                elapsed = time.perf_counter() - window_start
+                record = dict(step=step, epoch=epoch, loss=loss.item(), lr=lr * args.learning_rate_weights,
+                              images_per_s=window_steps * args.batch_size / elapsed,
+                              data_time=data_time / window_steps, max_memory_gb=max_memory_gb(device))
+                metrics.write(**record)
+                for key in ("loss", "lr", "images_per_s", "data_time"):
+                    writer.add_scalar(key, record[key], step)
+                progress.update(step, args.batch_size, force=step == stop_step,
+                                extra=f"epoch {epoch} loss {record['loss']:.4g} lr {record['lr']:.3g}",
+                                memory_gb=record["max_memory_gb"])
+                window_start, window_steps, data_time = time.perf_counter(), 0, 0.0
+            if step % args.checkpoint_every == 0 or end_of_epoch or step == stop_step:
+                checkpoint()
+            if step == stop_step:
+                break
+            fetch_start = time.perf_counter()
+
+    if dist_info.is_main:
+        export_backbone(model, args.out / BACKBONE_FILE)
+        metrics.close()
+        writer.close()
+        print(f"pretrain: wrote {args.out / BACKBONE_FILE} after {step} steps", file=sys.stderr, flush=True)
+    return step
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dist_info = init_distributed()
+    try:
+        train(args, dist_info)
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main()
