@@ -15,7 +15,8 @@ short Faster/Mask R-CNN run beats chance measurably while the files stay tiny.
 
 The tree is built in a hidden sibling folder and renamed into place, so an interrupted
 run never leaves an ``out`` that looks complete. Generation is deterministic: one seed
-gives byte-identical files (each dataset draws from its own seeded stream).
+gives byte-identical files with a given Pillow build (each dataset draws from its own
+seeded stream).
 """
 import argparse
 import colorsys
@@ -68,7 +69,7 @@ COCO_CATEGORIES = tuple(
 # Objects are drawn from a handful of the 80 categories (ids above).
 COCO_USED_IDS = (1, 3, 17, 18, 44, 62)
 
-# Default number of images per split.
+# Images per split.
 IMAGENET_CLASSES = 10
 IMAGENET_PER_CLASS = {"train": 26, "val": 10}
 VOC_SPLITS = {"VOC2007": {"trainval": 60, "test": 30}, "VOC2012": {"trainval": 60}}
@@ -120,8 +121,7 @@ def _background(rng, height, width):
     """Muted colours varying smoothly across the image, plus pixel noise."""
     coarse = rng.uniform(60, 200, size=(4, 4, 1)) + rng.uniform(-25, 25, size=(4, 4, 3))
     smooth = Image.fromarray(coarse.clip(0, 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
-    noisy = np.asarray(smooth, dtype=np.float32) + rng.normal(0, 8, size=(height, width, 3))
-    return noisy
+    return np.asarray(smooth, dtype=np.float32) + rng.normal(0, 8, size=(height, width, 3))
 
 
 def _texture(style, rng, height, width):
@@ -355,6 +355,15 @@ def _manifest(seed, size):
     return {"generator": "bt_transfer.synthetic", "format_version": FORMAT_VERSION, "seed": seed, "size": size}
 
 
+def _holds(out, manifest):
+    """Whether ``out`` is a finished generation described by ``manifest``."""
+    try:
+        existing = json.loads((out / MANIFEST).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return False
+    return {key: existing.get(key) for key in manifest} == manifest
+
+
 def generate(out, seed=0, size=128):
     """Write all generated datasets under ``out`` and return ``out`` as a Path.
 
@@ -366,11 +375,7 @@ def generate(out, seed=0, size=128):
         raise ValueError(f"size must be between 64 and 1024 px (got {size}); objects need room to vary")
     wanted = _manifest(seed, size)
     if out.is_dir() and any(out.iterdir()):
-        try:
-            existing = json.loads((out / MANIFEST).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            existing = None
-        if existing is not None and {k: existing.get(k) for k in wanted} == wanted:
+        if _holds(out, wanted):
             return out
         raise FileExistsError(
             f"{out} is not empty and is not a finished generation with seed={seed}, size={size} "
@@ -389,9 +394,15 @@ def generate(out, seed=0, size=128):
         }
         write_json(staging / MANIFEST, {**wanted, "images": counts})
         staging.chmod(0o755)  # mkdtemp makes it private; the finished tree should not be
-        if out.is_dir():
-            out.rmdir()  # empty (checked above), e.g. a freshly made temporary folder
-        staging.rename(out)
+        try:
+            if out.is_dir():
+                out.rmdir()  # empty (checked above), e.g. a freshly made temporary folder
+            staging.rename(out)
+        except OSError:
+            # Another process finished the same generation first: its tree is as good as ours.
+            if not _holds(out, wanted):
+                raise
+            shutil.rmtree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -1,5 +1,6 @@
 """Generated datasets: deterministic, in the real layouts, learnable, and never half-written."""
 import json
+import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -23,10 +24,10 @@ def test_same_seed_gives_byte_identical_files_through_the_cli(generated_data, tm
 
 
 def test_another_seed_gives_other_images(generated_data, tmp_path):
-    other = synthetic.generate(tmp_path / "other", seed=1, size=96)
+    other = synthetic.generate(tmp_path / "other", seed=1, size=64)
     first = sorted((generated_data / "VOC2007" / "JPEGImages").iterdir())[0]
     assert sha256_file(first) != sha256_file(other / "VOC2007" / "JPEGImages" / first.name)
-    assert all(72 <= side <= 120 for side in Image.open(other / "VOC2007" / "JPEGImages" / first.name).size)
+    assert all(48 <= side <= 80 for side in Image.open(other / "VOC2007" / "JPEGImages" / first.name).size)
 
 
 def test_imagenet_folder_has_synset_classes_and_class_named_files(generated_data):
@@ -159,3 +160,16 @@ def test_an_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         synthetic.generate(tmp_path / "data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_generation_finished_concurrently_by_another_process_is_accepted(generated_data, tmp_path, monkeypatch):
+    write_coco = synthetic.write_coco
+
+    def another_process_finishes_first(*args):
+        shutil.copytree(generated_data, tmp_path / "data")
+        return write_coco(*args)
+
+    monkeypatch.setattr(synthetic, "write_coco", another_process_finishes_first)
+    assert synthetic.generate(tmp_path / "data") == tmp_path / "data"
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # our own staging tree is gone
+    assert _digests(tmp_path / "data") == _digests(generated_data)
