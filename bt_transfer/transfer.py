@@ -1,0 +1,207 @@
+"""Detection transfer, one training per seed: ``python -m bt_transfer.transfer {voc,coco}``.
+
+    python -m bt_transfer.transfer voc --weights resnet50.pth --seeds 1 2 3 4 5 --num-gpus 8 --out runs/transfer-voc
+
+Before any training: the datasets are checked (``bt_transfer.datasets.check_datasets``) and the
+weights converted strictly (``bt_transfer.convert``; a ready ``.pkl`` is taken as is, and the
+strict Detectron2-side load in ``train_net`` checks it before the first step). Then each seed
+runs ``python -m bt_transfer.train_net`` in its own process into ``OUT/seed<S>/`` (Detectron2's
+``config.yaml``, ``metrics.json``, ``log.txt`` and checkpoints) and ends with ``result.json``
+(``bt_transfer.results``): metrics, seed, weights {path, sha256, label}, resolved config and its
+hash, code version, world size, and every departure from the paper's protocol in words.
+
+A finished seed (valid ``result.json`` of the same config and weights) is skipped; an
+interrupted one resumes from its last checkpoint. Rerun the same command after a crash.
+
+Supervised baseline (the paper's "Sup." row): pass torchvision's ImageNet ResNet-50 state dict
+(``resnet50-*.pth``, downloaded by you beforehand, nothing is fetched here) with ``--label Sup.``;
+it goes through the same converter.
+"""
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from bt_transfer.convert import ConversionError, convert_file
+from bt_transfer.datasets import DatasetLayoutError, check_datasets, use_datasets_root
+from bt_transfer.fileio import sha256_file, sha256_json
+from bt_transfer.progress import read_metrics
+from bt_transfer.results import METRIC_KEYS, RESULT_FILE, ResultError, load_result, make_record, write_result
+from bt_transfer.train_net import argument_parser, resolve_args
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "detection_configs"
+CONFIGS = {"voc": CONFIG_DIR / "voc_R_50_C4_24k.yaml", "coco": CONFIG_DIR / "coco_R_50_C4_1x.yaml"}
+
+# CPU-sized runs for tests and the demo: small images, a small ROI batch, few proposals, four steps.
+SMOKE_OPTS = [
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TRAIN", "160",
+    "INPUT.MAX_SIZE_TEST", "160", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "300", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2", "TEST.PRECISE_BN.NUM_ITER", "2", "DATALOADER.NUM_WORKERS", "0",
+]
+
+# Image counts of the real splits: fewer means the run did not see the benchmark's data.
+REAL_IMAGES = {"voc_2007_trainval": 5011, "voc_2012_trainval": 11540, "voc_2007_test": 4952,
+               "coco_2017_train": 118287, "coco_2017_val": 5000}
+
+
+class TransferError(RuntimeError):
+    """Anything that stops a transfer run; the message says what and where."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bt_transfer.transfer", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=CONFIGS, help="voc: Faster R-CNN on VOC07+12; coco: Mask R-CNN on COCO 2017")
+    parser.add_argument("--weights", required=True, type=Path, help="ResNet-50 checkpoint (any format bt_transfer.convert reads) or a converted .pkl")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one training per seed (default: 1)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder; seed S goes to OUT/seed<S>/")
+    parser.add_argument("--label", help="how the report names these weights (default: the weights file name)")
+    parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine (0: CPU)")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0)
+    parser.add_argument("--dist-url", default="auto", help="rendezvous of a multi-machine run (tcp://HOST:PORT)")
+    parser.add_argument("--no-rescale", action="store_true", help="no linear scaling rule on fewer than 8 GPUs")
+    parser.add_argument("--datasets-root", type=Path, help="datasets root (default: $DETECTRON2_DATASETS, else ./datasets)")
+    parser.add_argument("--smoke", action="store_true", help="CPU-sized run (small images and ROI batch, 4 iterations); recorded as deviations")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="trailing Detectron2 KEY VALUE overrides")
+    return parser.parse_args(argv)
+
+
+def train_net_argv(args, seed, weights_pkl, resume):
+    """The ``python -m bt_transfer.train_net`` arguments of one seed."""
+    argv = ["--config-file", str(CONFIGS[args.task]), "--num-gpus", str(args.num_gpus),
+            "--num-machines", str(args.num_machines), "--machine-rank", str(args.machine_rank),
+            "--dist-url", args.dist_url]
+    argv += ["--no-rescale"] * args.no_rescale + ["--resume"] * resume
+    opts = (SMOKE_OPTS if args.smoke else []) + list(args.opts)
+    return argv + opts + ["MODEL.WEIGHTS", str(weights_pkl), "OUTPUT_DIR", str(seed_dir(args, seed)), "SEED", str(seed)]
+
+
+def seed_dir(args, seed):
+    return args.out / f"seed{seed}"
+
+
+def prepare_weights(weights, out):
+    """The converted weights to train from: ``out/backbone.pkl`` or a given ``.pkl``."""
+    if not weights.is_file():
+        raise TransferError(f"weights {weights}: no such file")
+    if weights.suffix == ".pkl":
+        return weights.resolve()
+    try:
+        summary = convert_file(weights, out / "backbone.pkl")
+    except ConversionError as e:
+        raise TransferError(f"weights rejected by the converter: {e}") from None
+    print(f"converted {weights} ({summary['format']}): {summary['tensors_converted']} tensors -> {summary['output']}")
+    return Path(summary["output"]).resolve()
+
+
+def _images_in(name):
+    """How many images the loader of ``name`` will read, from its split list or image folder."""
+    from detectron2.data import MetadataCatalog
+
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("split"):
+        return len((Path(metadata.dirname) / "ImageSets" / "Main" / f"{metadata.split}.txt").read_text().split())
+    return sum(1 for entry in os.scandir(metadata.image_root) if entry.is_file())
+
+
+def dataset_deviations(names):
+    """A deviation when a split holds fewer images than the real one (e.g. generated data)."""
+    smaller = [f"{name} {count} images (real: {REAL_IMAGES[name]})"
+               for name in names if (count := _images_in(name)) < REAL_IMAGES[name]]
+    return [f"not the benchmark's data: {', '.join(smaller)}"] if smaller else []
+
+
+def config_dict(cfg):
+    """The resolved config as plain JSON-able data (what Detectron2 writes to config.yaml)."""
+    return yaml.safe_load(cfg.dump())
+
+
+def finished(result_path, config, weights_sha):
+    """True if ``result_path`` is a finished run of this config and weights; refuses a different one."""
+    if not result_path.is_file():
+        return False
+    try:
+        record = load_result(result_path)
+    except ResultError as e:
+        raise TransferError(f"{e}; delete {result_path} to rerun that seed") from None
+    if record["weights"]["sha256"] != weights_sha or record["config_sha256"] != sha256_json(config):
+        raise TransferError(f"{result_path.parent} holds a finished run of other weights or another config; "
+                            "choose another --out (or delete that folder)")
+    return True
+
+
+def check_resumable(folder, config):
+    """An interrupted run may only be resumed with the config it started with."""
+    written = folder / "config.yaml"
+    if written.is_file() and yaml.safe_load(written.read_text()) != config:
+        raise TransferError(f"{written} differs from this run's config: resuming would mix two configs; "
+                            "choose another --out (or delete that folder)")
+
+
+def final_metrics(folder, task):
+    """The task's metrics from the last evaluation in Detectron2's ``metrics.json``."""
+    path = folder / "metrics.json"
+    wanted = METRIC_KEYS[task]
+    evaluations = [r for r in read_metrics(path) if all(k in r for k in wanted)] if path.is_file() else []
+    if not evaluations:
+        raise TransferError(f"{path}: no evaluation with {', '.join(wanted)}; the run ended before evaluating")
+    return {key: evaluations[-1][key] for key in wanted}
+
+
+def run_seed(args, seed, weights_pkl, weights, extra_deviations, datasets_root):
+    folder = seed_dir(args, seed)
+    resolved = resolve_args(argument_parser().parse_args(train_net_argv(args, seed, weights_pkl, resume=False)))
+    config = config_dict(resolved.cfg)
+    if finished(folder / RESULT_FILE, config, weights["sha256"]):
+        print(f"seed {seed}: finished already ({folder / RESULT_FILE}), skipped")
+        return
+    check_resumable(folder, config)
+    resume = (folder / "last_checkpoint").is_file()
+    print(f"seed {seed}: {'resuming' if resume else 'training'} in {folder}", flush=True)
+    env = {**os.environ, "DETECTRON2_DATASETS": str(datasets_root)}
+    command = [sys.executable, "-m", "bt_transfer.train_net", *train_net_argv(args, seed, weights_pkl, resume)]
+    if subprocess.run(command, env=env).returncode != 0:
+        raise TransferError(f"seed {seed} failed: see {folder / 'log.txt'}; rerun the same command to resume it")
+    if args.machine_rank != 0:
+        return
+    record = make_record(
+        args.task, final_metrics(folder, args.task), seed, weights, config, resolved.world_size,
+        deviations=[*resolved.deviations, *extra_deviations],
+        extra={"datasets_root": str(datasets_root), "resumed": resume, "converted_weights": str(weights_pkl)},
+    )
+    print(f"seed {seed}: {write_result(folder, record)}")
+
+
+def run(args):
+    """Check the datasets, convert the weights, then train and record each seed.
+
+    Raises TransferError (or DatasetLayoutError) before any training on a missing dataset,
+    missing weights or weights the converter rejects.
+    """
+    if args.num_machines > 1 and args.dist_url == "auto":
+        raise TransferError("--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0, the same on every machine")
+    root = use_datasets_root(args.datasets_root)
+    protocol = resolve_args(argument_parser().parse_args(train_net_argv(args, args.seeds[0], args.weights, False))).cfg
+    names = list(dict.fromkeys(protocol.DATASETS.TRAIN + protocol.DATASETS.TEST))
+    check_datasets(names)
+    weights_pkl = prepare_weights(args.weights, args.out)
+    weights = {"path": str(args.weights), "sha256": sha256_file(args.weights), "label": args.label or args.weights.name}
+    deviations = dataset_deviations(names)
+    for seed in args.seeds:
+        run_seed(args, seed, weights_pkl, weights, deviations, root)
+
+
+def main(argv=None):
+    try:
+        run(parse_args(argv))
+    except (TransferError, DatasetLayoutError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
