@@ -10,8 +10,12 @@ exact path and the expected layout instead of deep inside a data-loader worker::
 
     root = use_datasets_root("/data")             # or $DETECTRON2_DATASETS, else ./datasets
     check_datasets(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+
+From the shell: ``python -m bt_transfer.datasets [--root DIR] [NAME ...]`` checks a root.
 """
+import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,3 +172,24 @@ def check_datasets(names, root=None):
             "\nExpected layout under the datasets root ($DETECTRON2_DATASETS, or use_datasets_root(root)):\n"
             f"{root_lines}\n{EXPECTED_LAYOUT}\n"
             "Generated data in this layout: python -m bt_transfer.synthetic --out DIR", paths)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m bt_transfer.datasets",
+        description="Check that Detectron2's builtin VOC/COCO names find their files under a datasets root.")
+    parser.add_argument("names", nargs="*", default=list(DATASETS), metavar="NAME",
+                        help=f"dataset names to check (default: all of {', '.join(DATASETS)})")
+    parser.add_argument("--root", help="datasets root (default: $DETECTRON2_DATASETS, else ./datasets)")
+    args = parser.parse_args(argv)
+    try:
+        root = use_datasets_root(args.root)
+        check_datasets(args.names)
+    except (ValueError, DatasetLayoutError) as error:
+        parser.exit(1, f"error: {error}\n")
+    print(f"{root}: {', '.join(dict.fromkeys(args.names))} in place")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

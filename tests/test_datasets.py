@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt_transfer.datasets import DATASETS, DatasetLayoutError, check_datasets, use_datasets_root
+from bt_transfer.datasets import DATASETS, DatasetLayoutError, check_datasets, main, use_datasets_root
 
 VOC_NAMES = ("voc_2007_trainval", "voc_2012_trainval", "voc_2007_test")
 COCO_NAMES = ("coco_2017_train", "coco_2017_val")
@@ -207,3 +207,12 @@ def test_pascal_evaluator_scores_the_test_ground_truth_as_a_perfect_detector(gen
         predicted.scores = torch.ones(len(record["annotations"]))
         evaluator.process([{"image_id": record["image_id"]}], [{"instances": predicted}])
     assert evaluator.evaluate()["bbox"] == pytest.approx({"AP": 100.0, "AP50": 100.0, "AP75": 100.0})
+
+
+def test_the_command_line_check_reports_a_good_and_a_bad_root(generated_data, tmp_path, capsys):
+    assert main(["--root", str(generated_data)]) == 0
+    assert capsys.readouterr().out == f"{generated_data}: {', '.join(DATASETS)} in place\n"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--root", str(tmp_path), "coco_2017_val"])
+    assert exit_info.value.code == 1
+    assert f"coco_2017_val: missing image folder: {tmp_path}/coco/val2017" in capsys.readouterr().err
