@@ -1,14 +1,13 @@
 """Detectron2's builtin names resolve to the generated data through its own loaders, pycocotools
 accepts the COCO jsons, and a wrong root is caught before training with the exact path."""
-import copy
 import json
 import os
 import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -54,7 +53,7 @@ def test_coco_names_load_through_detectron2_with_the_json_categories(generated_d
     use_datasets_root(generated_data)
     check_datasets(name)
     metadata = MetadataCatalog.get(name)
-    data = json.loads(open(metadata.json_file).read())
+    data = json.loads(Path(metadata.json_file).read_text())
     names = {c["id"]: c["name"] for c in data["categories"]}
     contiguous_to_id = {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
     dicts = DatasetCatalog.get(name)
@@ -88,7 +87,7 @@ def test_coco_ground_truth_scores_ap_1_against_itself_in_pycocotools(generated_d
                 rle = truth.annToRLE(ann)
                 detection["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
             detections.append(detection)
-        evaluation = COCOeval(truth, truth.loadRes(copy.deepcopy(detections)), iou_type)
+        evaluation = COCOeval(truth, truth.loadRes(detections), iou_type)
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
@@ -187,7 +186,7 @@ def test_re_pointing_the_names_switches_what_the_loaders_read(generated_data, tm
     assert [d["image_id"] for d in DatasetCatalog.get("voc_2007_test")] == ["000061", "000062"]
     use_datasets_root(generated_data)
     assert len(DatasetCatalog.get("voc_2007_test")) == 30
-    assert np.all([d["file_name"].startswith(str(generated_data)) for d in DatasetCatalog.get("voc_2007_test")])
+    assert all(d["file_name"].startswith(str(generated_data)) for d in DatasetCatalog.get("voc_2007_test"))
 
 
 def test_pascal_evaluator_scores_the_test_ground_truth_as_a_perfect_detector(generated_data):
