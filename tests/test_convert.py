@@ -17,15 +17,18 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 import bt_transfer.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from bt_transfer.convert import ConversionError, checkpoint_to_detectron2, convert_file, detect_format, main
 from bt_transfer.d2_weights import FROM_SCRATCH, WeightsLoadError, load_backbone_weights
 from bt_transfer.fileio import sha256_file
 from detectron2.config import get_cfg
+from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 from pretrain.barlow_twins import BarlowTwins
+from pretrain.checkpoint import save_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent.parent / "detection_configs"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -91,9 +94,11 @@ def max_relative_error(actual, expected):
 
 
 @torch.no_grad()
-def c4_features(model, image):
-    """(normalised input, res4, whole-image-pooled res4, res5 without the extra norm) of the C4 model."""
-    images = model.preprocess_image([{"image": image.permute(2, 0, 1).float()}])
+def c4_features(model, image_file):
+    """(normalised input, res4, whole-image-pooled res4, res5 without the extra norm) of the C4 model,
+    the image read the way Detectron2's dataset mapper reads it (in the config's INPUT.FORMAT)."""
+    image = read_image(str(image_file), format=model.input_format)
+    images = model.preprocess_image([{"image": torch.as_tensor(image.transpose(2, 0, 1).copy()).float()}])
     res4 = model.backbone(images.tensor)["res4"]
     pooled = model.roi_heads.pooler([res4], [Boxes(torch.tensor([[0.0, 0.0, SIDE, SIDE]]))])
     blocks = [block for name, block in model.roi_heads.res5.named_children() if name != "norm"]
@@ -101,16 +106,21 @@ def c4_features(model, image):
 
 
 @torch.no_grad()
-def torchvision_features(model, image):
-    x = torchvision.transforms.functional.normalize(image.permute(2, 0, 1)[None].float() / 255,
-                                                    IMAGENET_MEAN, IMAGENET_STD)
+def torchvision_features(model, image_file):
+    """(normalised input, layer3, layer4) read as torchvision's ImageFolder reads (PIL, RGB), ImageNet-normalised."""
+    image = torchvision.transforms.functional.pil_to_tensor(Image.open(image_file).convert("RGB"))
+    x = torchvision.transforms.functional.normalize(image[None].float() / 255, IMAGENET_MEAN, IMAGENET_STD)
     layer3 = model.layer3(model.layer2(model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))))
     return x, layer3, model.layer4(layer3)
 
 
 @pytest.fixture(scope="module")
-def image():
-    return torch.randint(0, 256, (SIDE, SIDE, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+def image(workdir):
+    """A lossless RGB noise image: its three channels differ, so a channel-order mistake shows."""
+    pixels = np.random.default_rng(1).integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
+    path = workdir / "image.png"
+    Image.fromarray(pixels, "RGB").save(path)
+    return path
 
 
 def test_converted_c4_model_computes_torchvision_features(resnet50, converted, voc_model, image):
@@ -122,7 +132,7 @@ def test_converted_c4_model_computes_torchvision_features(resnet50, converted, v
 
     x, layer3, layer4 = torchvision_features(resnet50, image)
     normalised, res4, pooled, res5 = c4_features(voc_model, image)
-    torch.testing.assert_close(normalised, x, rtol=0, atol=1e-5)  # PIXEL_MEAN/STD/FORMAT == torchvision's
+    torch.testing.assert_close(normalised, x, rtol=0, atol=1e-5)  # INPUT.FORMAT, PIXEL_MEAN/STD == torchvision's
     assert res4.shape == pooled.shape == (1, 1024, SIDE // 16, SIDE // 16)
     # ROIAlignV2 (half-pixel aligned) on a whole-image box, one sample per bin, output = feature
     # size: each sample falls exactly on a cell centre, so pooling is the identity.
@@ -148,13 +158,19 @@ def test_coco_mask_model_leaves_only_heads_uninitialised(converted):
 
 # --- Formats -----------------------------------------------------------------------------------
 
-def barlow_twins_checkpoint(state_dict, ddp):
-    """A training checkpoint of the real pretrain.barlow_twins model (small projector), as saved."""
+@pytest.fixture(scope="module")
+def barlow_twins(state_dict):
+    """The real pretrain.barlow_twins model (small projector) holding the reference backbone."""
     model = BarlowTwins(projector="32-32")
     model.backbone.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("fc.")})
+    return model
+
+
+def training_checkpoint(model, ddp):
+    """``{"model": ...}`` as a training script saves it; under DDP every key starts with ``module.``."""
     weights = {("module." if ddp else "") + k: v for k, v in model.state_dict().items()}
     return {"model": weights, "optimizer": {"state": {}, "param_groups": [{"lr": 0.2, "params": [0, 1]}]},
-            "epoch": 3, "step": 120}
+            "epoch": 3}
 
 
 def moco_checkpoint(state_dict):
@@ -173,18 +189,18 @@ def vissl_checkpoint(state_dict):
 
 
 FORMAT_CASES = {
-    "barlowtwins": lambda sd: {k: v for k, v in sd.items() if not k.startswith("fc.")},
-    "checkpoint": lambda sd: barlow_twins_checkpoint(sd, ddp=False),
-    "checkpoint-ddp": lambda sd: barlow_twins_checkpoint(sd, ddp=True),
-    "torchvision": lambda sd: sd,
-    "moco": moco_checkpoint,
-    "vissl": vissl_checkpoint,
+    "barlowtwins": lambda sd, bt: {k: v for k, v in sd.items() if not k.startswith("fc.")},
+    "checkpoint": lambda sd, bt: training_checkpoint(bt, ddp=False),
+    "checkpoint-ddp": lambda sd, bt: training_checkpoint(bt, ddp=True),  # the official checkpoint.pth
+    "torchvision": lambda sd, bt: sd,
+    "moco": lambda sd, bt: moco_checkpoint(sd),
+    "vissl": lambda sd, bt: vissl_checkpoint(sd),
 }
 
 
 @pytest.mark.parametrize("case", FORMAT_CASES)
-def test_each_format_is_recognised_and_gives_the_same_arrays(case, state_dict, reference):
-    obj = FORMAT_CASES[case](state_dict)
+def test_each_format_is_recognised_and_gives_the_same_arrays(case, state_dict, barlow_twins, reference):
+    obj = FORMAT_CASES[case](state_dict, barlow_twins)
     expected_format = case.removesuffix("-ddp")
     assert detect_format(obj) == expected_format
     fmt, arrays, dropped = checkpoint_to_detectron2(obj)
@@ -201,9 +217,11 @@ def test_forced_format_must_match_the_structure(state_dict):
         checkpoint_to_detectron2(state_dict, "barlowtwins")
 
 
-def test_cli_converts_a_training_checkpoint(workdir, state_dict, reference):
+def test_cli_converts_our_pretraining_checkpoint(workdir, barlow_twins, reference):
     src, dst = workdir / "checkpoint.pth", workdir / "cli" / "bt.pkl"
-    torch.save(barlow_twins_checkpoint(state_dict, ddp=True), src)
+    save_checkpoint(src, step=120, steps_per_epoch=40, global_batch=8, projector="32-32", model=barlow_twins,
+                    optimizer=torch.optim.SGD(barlow_twins.parameters(), lr=0.1),
+                    scaler=torch.amp.GradScaler("cpu", enabled=False))
     out = subprocess.run([sys.executable, "-m", "bt_transfer.convert", str(src), str(dst)],
                          capture_output=True, text=True, check=True).stdout
     assert "format      checkpoint" in out and "23,508,032 parameters" in out  # ResNet-50 without fc
