@@ -1,0 +1,87 @@
+"""Pretraining end to end on CPU: a run killed with SIGKILL and restarted ends bit-identical to an
+uninterrupted one; the outputs (metrics, args, export) are what the rest of the suite reads."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from bt_transfer.progress import read_metrics
+from pretrain.checkpoint import read_checkpoint
+from pretrain.train import main
+
+ROOT = Path(__file__).resolve().parent.parent
+# 12 images, global batch 4: 3 steps per epoch, 2 epochs. A tiny image and projector keep a
+# ResNet-50 step cheap on CPU; 0 workers and fixed seeds make the run bit-reproducible.
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(generated_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain") / "train"
+    for cls in sorted((generated_data / "imagenet" / "train").iterdir())[:2]:
+        (root / cls.name).mkdir(parents=True)
+        for image in sorted(cls.iterdir())[:6]:
+            shutil.copy(image, root / cls.name / image.name)
+    return root
+
+
+def train_args(data, out, checkpoint_every):
+    return ["--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "4", "--projector", "32-16",
+            "--image-size", "16", "--workers", "0", "--seed", "3", "--log-every", "1",
+            "--checkpoint-every", str(checkpoint_every)]
+
+
+def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_folder, tmp_path):
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    main(train_args(tiny_folder, run_a, checkpoint_every=100))
+
+    # Run B in its own process, killed as soon as its first checkpoint (step 2, mid-epoch 0) lands.
+    # Same thread count as this process: CPU kernels split their reductions by thread.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "pretrain.train", *train_args(tiny_folder, run_b, 2)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_b / "checkpoint.pth").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "run B wrote no checkpoint"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    killed_at = read_checkpoint(run_b / "checkpoint.pth")["step"]
+    assert 2 <= killed_at < STEPS and not (run_b / "resnet50.pth").exists()
+
+    main(train_args(tiny_folder, run_b, 2))  # restart: resumes from the checkpoint
+
+    a = torch.load(run_a / "resnet50.pth", weights_only=True)
+    b = torch.load(run_b / "resnet50.pth", weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    state_a, state_b = read_checkpoint(run_a / "checkpoint.pth"), read_checkpoint(run_b / "checkpoint.pth")
+    assert state_a["step"] == state_b["step"] == STEPS
+    for key, value in state_a["optimizer"]["state"].items():
+        assert torch.equal(value["momentum_buffer"], state_b["optimizer"]["state"][key]["momentum_buffer"])
+    # The losses of the resumed steps are those of the uninterrupted run.
+    losses_a = {r["step"]: r["loss"] for r in read_metrics(run_a / "metrics.jsonl")}
+    losses_b = {r["step"]: r["loss"] for r in read_metrics(run_b / "metrics.jsonl")}
+    assert losses_a == losses_b and sorted(losses_a) == list(range(1, STEPS + 1))
+
+    # Outputs the report and the converter read.
+    records = read_metrics(run_a / "metrics.jsonl")
+    assert {"step", "epoch", "loss", "lr", "images_per_s", "data_time", "max_memory_gb"} <= records[0].keys()
+    assert [r["epoch"] for r in records] == [0, 0, 0, 1, 1, 1] and records[0]["lr"] == 0.0
+    args = json.loads((run_a / "args.json").read_text())
+    assert args["world_size"] == 1 and args["batch_size"] == 4 and args["steps_per_epoch"] == 3 and args["code_version"]
+    assert list((run_a / "tensorboard").glob("events.out.tfevents.*"))
+    missing, unexpected = torchvision.models.resnet50().load_state_dict(a, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
