@@ -4,8 +4,11 @@
 checkpoint key that matches no model key, or matches one of another shape, simply vanishes,
 and the model keeps its random initialisation. After the load, every model tensor must come
 from the checkpoint except the heads a detector trains from scratch, and every checkpoint
-tensor must have been used; anything else raises.
+tensor must have been used; anything else raises. The ``.pkl`` itself is read with an unpickler
+that builds numpy arrays and nothing else, the analogue of ``torch.load(weights_only=True)``
+(Detectron2's own loader would run any callable the pickle names).
 """
+import pickle
 from pathlib import Path
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -15,14 +18,48 @@ from detectron2.checkpoint import DetectionCheckpointer
 FROM_SCRATCH = ("proposal_generator.", "roi_heads.box_predictor.", "roi_heads.mask_head.", "roi_heads.res5.norm.")
 # BatchNorm's step counter, which converted checkpoints do not carry (see bt_transfer.convert).
 _COUNTER = "num_batches_tracked"
+# What a pickle of numpy arrays needs: numpy 1.x and 2.x spellings, and protocol 2's bytes helper.
+_ARRAY_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+}
 
 
 class WeightsLoadError(RuntimeError):
     """Converted weights that did not initialise the model as the protocol requires."""
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise _Refused(f"it would import and call {module}.{name}, which could run arbitrary code")
+        return super().find_class(module, name)
+
+
 class _RecordingCheckpointer(DetectionCheckpointer):
-    """Keeps what ``_load_model`` (fvcore's hook for subclasses) reports instead of only logging it."""
+    """Reads only array pickles in Detectron2's format, and keeps what ``_load_model`` reports
+    instead of only logging it (both are fvcore's hooks for subclasses)."""
+
+    def _load_file(self, filename):
+        try:
+            with open(filename, "rb") as f:
+                data = _ArraysOnly(f, encoding="latin1").load()
+        except _Refused as e:
+            raise WeightsLoadError(f"{filename}: refused: {e}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
+            raise WeightsLoadError(f"{filename}: not a readable pickle (truncated or corrupt): {e!r}") from None
+        if not (isinstance(data, dict) and isinstance(data.get("model"), dict) and "__author__" in data):
+            # Detectron2 would read it as Caffe2 model-zoo weights: BGR input, stride in the 1x1
+            # conv, other pixel statistics; the suite's configs follow torchvision's conventions.
+            raise WeightsLoadError(f"{filename}: not Detectron2-format weights ({{'model': ..., '__author__': ...}}); "
+                                   "a Caffe2 / model-zoo pickle follows other conventions than this suite's "
+                                   "configs. Convert a torchvision-style checkpoint with python -m bt_transfer.convert")
+        return data
 
     def _load_model(self, checkpoint):
         self.checkpoint_keys = sorted(checkpoint["model"])

@@ -315,6 +315,18 @@ def test_loading_fails_on_anything_but_the_heads(edit, message, converted, voc_m
         load_backbone_weights(voc_model, _edited(converted, tmp_path / "edited.pkl", edit))
 
 
-def test_loading_refuses_unconverted_checkpoints(tv_file, voc_model):
-    with pytest.raises(WeightsLoadError, match=r"convert the checkpoint first"):
-        load_backbone_weights(voc_model, tv_file)
+def _pickled(obj):
+    """A writer of ``obj`` pickled (protocol 2, as Detectron2's model zoo) to the given path."""
+    return lambda path, tv_file: path.write_bytes(pickle.dumps(obj, protocol=2)) and path
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda path, tv_file: tv_file, r"convert the checkpoint first"),
+    (_pickled({"blobs": {"conv1_w": np.zeros((64, 3, 7, 7), np.float32)}}), r"not Detectron2-format weights"),
+    (_pickled({"model": _RunsCode("/nonexistent/ran"), "__author__": "x"}), r"refused: it would import and call io\.open"),
+    (lambda path, tv_file: path.write_bytes(b"\x80\x04") and path, r"not a readable pickle"),
+    (lambda path, tv_file: path.write_text("not a pickle") and path, r"not a readable pickle"),
+], ids=["pth", "caffe2", "runs-code", "truncated", "text"])
+def test_loading_refuses_what_is_not_converted_weights(write, message, tmp_path, tv_file, voc_model):
+    with pytest.raises(WeightsLoadError, match=message):
+        load_backbone_weights(voc_model, write(tmp_path / "weights.pkl", tv_file))
