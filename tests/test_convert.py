@@ -177,7 +177,9 @@ def moco_checkpoint(state_dict):
     encoder = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
     encoder |= {"fc.0.weight": torch.zeros(2048, 2048), "fc.0.bias": torch.zeros(2048),  # v2 MLP head
                 "fc.2.weight": torch.zeros(128, 2048), "fc.2.bias": torch.zeros(128)}
-    weights = {f"module.encoder_{q}.{k}": v for q in "qk" for k, v in encoder.items()}
+    weights = {f"module.encoder_q.{k}": v for k, v in encoder.items()}
+    # The key (momentum) encoder holds other weights: converting it instead of encoder_q must show.
+    weights |= {f"module.encoder_k.{k}": torch.zeros(()).expand_as(v) for k, v in encoder.items()}
     weights |= {"module.queue": torch.zeros(128, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
     return {"epoch": 200, "arch": "resnet50", "state_dict": weights, "optimizer": {}}
 
