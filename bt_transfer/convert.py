@@ -17,7 +17,7 @@ Inputs (``--format auto`` recognises them; a name overrides):
 
 Output: a pickle ``{"model": {name: float32 array}, "__author__": ..., "matching_heuristics": True}``
 that ``DetectionCheckpointer`` loads, its name-matching placing ``res2-4`` under ``backbone.``
-and ``res5`` under ``roi_heads.``. Plain torch + numpy: no Detectron2 import.
+and ``res5`` under ``roi_heads.``. Needs only torch (arrays via ``Tensor.numpy``), never Detectron2.
 
     python -m bt_transfer.convert INPUT OUTPUT.pkl [--format auto|barlowtwins|...]
 """
