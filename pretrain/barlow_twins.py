@@ -31,6 +31,7 @@ Local batches must have the same size on every process (the loader drops the las
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
+from torch.distributed._functional_collectives import all_gather_tensor_autograd
 import torchvision
 from torch import nn
 
@@ -72,8 +73,8 @@ def _loss_cross_correlation(z1n, z2n, global_batch, lambd):
 def _loss_gram(z1n, z2n, global_batch, lambd):
     diag = _global_sum((z1n * z2n).sum(dim=0)) / global_batch
     if _world_size() > 1:
-        z1_all = torch.cat(dist_nn.all_gather(z1n), dim=0)
-        z2_all = torch.cat(dist_nn.all_gather(z2n), dim=0)
+        z1_all = all_gather_tensor_autograd(z1n, 0, dist.group.WORLD)
+        z2_all = all_gather_tensor_autograd(z2n, 0, dist.group.WORLD)
     else:
         z1_all, z2_all = z1n, z2n
     # This process's rows of the two Gram matrices; their elementwise product summed over all
