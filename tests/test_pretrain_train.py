@@ -1,0 +1,33 @@
+"""Training-loop pieces that need no data: mixed precision choice, device views, one bf16 step on CPU."""
+import pytest
+import torch
+
+from pretrain.augment import normalize_batch
+from pretrain.barlow_twins import BarlowTwins
+from pretrain.train import resolve_amp, to_device_views
+
+
+def test_amp_choice():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None
+    assert resolve_amp("bf16", cpu) == torch.bfloat16 and resolve_amp("fp16", cpu) == torch.float16
+
+
+def test_device_views_are_normalised_and_channels_last_on_request():
+    batch = [torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8) for _ in range(2)]
+    views = to_device_views(batch, torch.device("cpu"), channels_last=True)
+    assert all(v.is_contiguous(memory_format=torch.channels_last) and v.dtype == torch.float32 for v in views)
+    torch.testing.assert_close(views[0], normalize_batch(batch[0]))
+
+
+def test_bf16_autocast_step_keeps_the_loss_in_float32_and_close_to_full_precision():
+    torch.manual_seed(0)
+    model = BarlowTwins("32-16")
+    y1, y2 = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    full = model(y1, y2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(y1, y2)
+    assert mixed.dtype == torch.float32
+    assert mixed.item() == pytest.approx(full.item(), rel=0.05)
+    mixed.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
