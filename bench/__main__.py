@@ -29,6 +29,11 @@ def parse_args(argv):
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per case; the median is reported")
     parser.add_argument("--max-pass-seconds", type=float, default=30.0,
                         help="loss: skip sizes whose reference forward+backward is estimated longer than this")
+    parser.add_argument("--n", type=int, nargs="+", default=None, metavar="N",
+                        help="loss: batch sizes (default: 256 1024 2048)")
+    parser.add_argument("--d", type=int, nargs="+", default=None, metavar="D",
+                        help="loss: embedding widths (default: 2048 8192 16384)")
+    parser.add_argument("--no-crossover", action="store_true", help="loss: skip the Gram/cross-correlation sweep")
     parser.add_argument("--images", type=int, default=48, help="augment: JPEG files per repetition")
     parser.add_argument("--step-batch", type=int, default=None, help="step: batch size (default: 16 on CPU, 128 on GPU)")
     parser.add_argument("--step-size", type=int, default=None, help="step: image side (default: 64 on CPU, 224 on GPU)")
@@ -57,7 +62,8 @@ def main(argv=None):
             if name == "loss":
                 from bench import loss
 
-                loss.run(args.device, args.reps, args.max_pass_seconds, log)
+                loss.run(args.device, args.reps, args.max_pass_seconds, log, sizes_n=args.n or loss.SIZES_N,
+                         sizes_d=args.d or loss.SIZES_D, crossover_sweep=not args.no_crossover)
             elif name == "augment":
                 from bench import augment
 

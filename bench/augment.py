@@ -4,6 +4,7 @@ Per core means one process with one torch thread, which is what one DataLoader w
 by the benchmark at ImageNet's typical size (500 x 375, quality 90) with natural-image-like content (smooth
 colour fields plus grain), because decoding is a large share of the cost and depends on file size and entropy.
 """
+import dataclasses
 import random
 import tempfile
 from pathlib import Path
@@ -33,15 +34,29 @@ def write_jpegs(folder, count, seed=0):
 
 
 def suite_pipelines(size=OUTPUT_SIZE):
-    """The suite's path -> (view1, view2): normalised floats as the reference returns, and uint8 views whose
-    normalisation is left to the accelerator (what the CPU still has to do when a GPU trains)."""
+    """The suite's path -> (view1, view2), three ways:
+
+    - "ours": normalised float views, the reference's contract;
+    - "ours, uint8 out": what the training loader does (normalisation happens on the training device);
+    - "ours, geometry only": decode, crop+resize and flip, with the same random draws but no colour jitter, grayscale,
+      blur or solarisation: the CPU share that would be left if those ran on an accelerator in batch.
+    """
     try:
-        from pretrain.augment import TwoViews
+        from pretrain import augment
     except ImportError as err:
-        raise SystemExit(f"bench augment: cannot import pretrain.augment.TwoViews ({err})") from err
-    floats, uint8 = TwoViews(size), TwoViews(size, normalize=False)
+        raise SystemExit(f"bench augment: cannot import pretrain.augment ({err})") from err
+    floats, uint8 = augment.TwoViews(size), augment.TwoViews(size, normalize=False)
+
+    def geometry_only(path):
+        image = Image.open(path)
+        params = [dataclasses.replace(augment.sample_view_params(*image.size, policy), jitter=None, grayscale=False,
+                                      blur_sigma=None, solarize=False) for policy in augment.VIEW_POLICIES]
+        decoded, scale_x, scale_y = augment.decode_for_crops(image, [p.crop for p in params], size)
+        return tuple(augment.to_uint8_tensor(augment.render_view(decoded, p, scale_x, scale_y, size)) for p in params)
+
     # Image.open without load(): the suite decodes the JPEG itself, at reduced scale when the crops allow.
-    return {"ours": lambda path: floats(Image.open(path)), "ours, uint8 out": lambda path: uint8(Image.open(path))}
+    return {"ours": lambda path: floats(Image.open(path)), "ours, uint8 out": lambda path: uint8(Image.open(path)),
+            "ours, geometry only": geometry_only}
 
 
 def reference_pipeline(size=OUTPUT_SIZE):

@@ -19,6 +19,8 @@ def machine_info(device):
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # Other processes' load at start: on a shared machine absolute times move with it, interleaved ratios less.
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
@@ -87,7 +89,7 @@ def time_side_by_side(functions, device, reps=3, warmup=1, before_each=None):
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Kineto prints start/stop lines straight to file descriptor 2; keep the tables readable."""
     saved = os.dup(2)
     try:
@@ -116,7 +118,7 @@ def peak_memory_increase(fn, device):
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(
         (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
