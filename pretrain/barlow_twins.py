@@ -17,8 +17,8 @@ Two forms give the same value and gradients:
 ``"auto"`` picks the cheaper one by flop count: cross-correlation costs N_local * D^2, gram
 2 * N_local * N * D, so gram wins when ``GRAM_CROSSOVER * N <= D``.
 
-Exact gradients under DDP: every collective here is autograd-aware
-(``torch.distributed.nn.functional``), so every process computes the same global loss and the
+Exact gradients under DDP: every collective here is autograd-aware (torch's functional
+collectives), so every process computes the same global loss and the
 backward of each collective sums the gradient contributions of all processes. Each process's
 gradient is therefore ``world_size * dL/dtheta`` and DDP's averaging returns exactly ``dL/dtheta``:
 the same as one process on the whole batch, whatever the number of processes. The official code
@@ -30,8 +30,7 @@ Local batches must have the same size on every process (the loader drops the las
 """
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
-from torch.distributed._functional_collectives import all_gather_tensor_autograd
+import torch.distributed._functional_collectives as collectives  # what torch.distributed.nn.functional now defers to
 import torchvision
 from torch import nn
 
@@ -46,7 +45,7 @@ def _world_size():
 
 
 def _global_sum(tensor):
-    return dist_nn.all_reduce(tensor) if _world_size() > 1 else tensor
+    return collectives.all_reduce(tensor, "sum", dist.group.WORLD) if _world_size() > 1 else tensor
 
 
 def _global_batch_norm(z, global_batch, eps):
@@ -73,8 +72,8 @@ def _loss_cross_correlation(z1n, z2n, global_batch, lambd):
 def _loss_gram(z1n, z2n, global_batch, lambd):
     diag = _global_sum((z1n * z2n).sum(dim=0)) / global_batch
     if _world_size() > 1:
-        z1_all = all_gather_tensor_autograd(z1n, 0, dist.group.WORLD)
-        z2_all = all_gather_tensor_autograd(z2n, 0, dist.group.WORLD)
+        z1_all = collectives.all_gather_single_autograd(z1n, 0, dist.group.WORLD)
+        z2_all = collectives.all_gather_single_autograd(z2n, 0, dist.group.WORLD)
     else:
         z1_all, z2_all = z1n, z2n
     # This process's rows of the two Gram matrices; their elementwise product summed over all

@@ -12,7 +12,8 @@ Writes to OUT (rank 0): ``args.json`` (resolved arguments, world size, code vers
 ``metrics.jsonl`` (step, epoch, loss, lr, images_per_s, data_time, max_memory_gb), TensorBoard
 events in ``tensorboard/``, ``checkpoint.pth`` every --checkpoint-every steps and at each epoch end
 (a restarted run resumes from it, exactly, even mid-epoch), and at the end ``resnet50.pth``, the
-backbone in the official export format.
+backbone in the official export format. OUT must be on storage every process sees (every process
+resumes from the same checkpoint; a mismatch is an error).
 
 Gradients are exact for any number of processes (see pretrain.barlow_twins); --official-grad-scaling
 reproduces the official code's 1/world_size gradient scale. Batch norm runs over the global batch
@@ -119,7 +120,66 @@ def to_device_views(batch, device, channels_last):
     return [normalize_batch(v.to(device, non_blocking=True)).contiguous(memory_format=memory_format) for v in batch]
 
 
-def train(args, dist_info):
+class RunLog:
+    """Rank 0's record of a run: args.json, metrics.jsonl, TensorBoard events and the progress line.
+
+    Throughput and data time are averaged over the steps since the previous line.
+    """
+
+    def __init__(self, args, argv, dist_info, steps_per_epoch, start_step, stop_step, amp_dtype):
+        from torch.utils.tensorboard import SummaryWriter  # imported here: only rank 0 pays for it
+
+        self.batch_size, self.lr_multiplier, self.device = args.batch_size, args.learning_rate_weights, dist_info.device
+        args.out.mkdir(parents=True, exist_ok=True)
+        resolved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        write_json(args.out / "args.json", {
+            **resolved, "argv": argv, "world_size": dist_info.world_size, "code_version": code_version(),
+            "steps_per_epoch": steps_per_epoch, "resumed_from_step": start_step,
+            "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
+        })
+        self.metrics = MetricsLog(args.out / "metrics.jsonl")
+        self.writer = SummaryWriter(args.out / "tensorboard")
+        self.progress = Progress(stop_step, name="pretrain", unit="img", start=start_step)
+        self.stop_step = stop_step
+        self.start_window()
+
+    def start_window(self):
+        self.window_start, self.window_steps, self.data_time = time.perf_counter(), 0, 0.0
+
+    def step_done(self, data_time):
+        self.window_steps += 1
+        self.data_time += data_time
+
+    def write(self, step, epoch, loss, lr):
+        elapsed = time.perf_counter() - self.window_start
+        record = dict(step=step, epoch=epoch, loss=loss, lr=lr * self.lr_multiplier,
+                      images_per_s=self.window_steps * self.batch_size / elapsed,
+                      data_time=self.data_time / max(self.window_steps, 1), max_memory_gb=max_memory_gb(self.device))
+        self.metrics.write(**record)
+        for key in ("loss", "lr", "images_per_s", "data_time"):
+            self.writer.add_scalar(key, record[key], step)
+        self.progress.update(step, self.batch_size, force=step == self.stop_step, memory_gb=record["max_memory_gb"],
+                             extra=f"epoch {epoch} loss {loss:.4g} lr {record['lr']:.3g}")
+        self.start_window()
+
+    def close(self):
+        self.metrics.close()
+        self.writer.close()
+
+
+def check_same_step_everywhere(step, dist_info):
+    """Every process must resume from the same checkpoint: OUT has to be on storage they all see."""
+    if not dist_info.distributed:
+        return
+    steps = torch.tensor([step, -step], device=dist_info.device)
+    torch.distributed.all_reduce(steps, op=torch.distributed.ReduceOp.MAX)
+    if steps[0].item() != -steps[1].item():
+        raise RuntimeError(f"processes resumed from different steps (min {-steps[1].item()}, max {steps[0].item()}): "
+                           "--out must be on a filesystem every process sees, so all read the same checkpoint.pth")
+
+
+def train(args, dist_info, argv=()):
+    """Train (or resume) to the end of the schedule or --max-steps; return the number of steps done."""
     device = dist_info.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -129,6 +189,7 @@ def train(args, dist_info):
     loader = make_loader(dataset, sampler, args.workers, pin_memory=device.type == "cuda")
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = args.epochs * steps_per_epoch
+    warmup_steps = args.warmup_epochs * steps_per_epoch
     stop_step = min(total_steps, args.max_steps or total_steps)
 
     model = build_model(args, dist_info)
@@ -140,42 +201,25 @@ def train(args, dist_info):
     step = 0
     if checkpoint_path.exists():
         step = resume(checkpoint_path, model=model, optimizer=optimizer, scaler=scaler, **schedule)
+    check_same_step_everywhere(step, dist_info)
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if dist_info.distributed else model
-
     base_lr = base_learning_rate(args.batch_size)
     multipliers = (args.learning_rate_weights, args.learning_rate_biases)
-
-    def checkpoint():
-        if dist_info.is_main:
-            save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scaler=scaler, **schedule)
-
-    metrics = writer = progress = None
-    if dist_info.is_main:
-        args.out.mkdir(parents=True, exist_ok=True)
-        resolved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        write_json(args.out / "args.json", {
-            **resolved, "world_size": dist_info.world_size, "code_version": code_version(),
-            "steps_per_epoch": steps_per_epoch, "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
-            "resumed_from_step": step, "command": " ".join(sys.argv),
-        })
-        from torch.utils.tensorboard import SummaryWriter  # imported here: only rank 0 pays for it
-
-        metrics, writer = MetricsLog(args.out / "metrics.jsonl"), SummaryWriter(args.out / "tensorboard")
-        progress = Progress(stop_step, name="pretrain", unit="img", start=step)
+    log = RunLog(args, list(argv), dist_info, steps_per_epoch, step, stop_step, amp_dtype) if dist_info.is_main else None
+    if log:
         print(f"pretrain: {len(dataset)} images, {steps_per_epoch} steps/epoch, steps {step}->{stop_step}, "
               f"world size {dist_info.world_size}, amp {amp_dtype or 'off'}, device {device}", file=sys.stderr, flush=True)
 
     model.train()
-    window_start, window_steps, data_time = time.perf_counter(), 0, 0.0
     while step < stop_step:
         epoch = step // steps_per_epoch
         sampler.set_position(epoch, step % steps_per_epoch)
         fetch_start = time.perf_counter()
         for batch in loader:
             y1, y2 = to_device_views(batch, device, args.channels_last)
-            data_time += time.perf_counter() - fetch_start
-            lr = learning_rate(step, total_steps, args.warmup_epochs * steps_per_epoch, base_lr)
+            data_time = time.perf_counter() - fetch_start
+            lr = learning_rate(step, total_steps, warmup_steps, base_lr)
             set_learning_rate(optimizer, lr, multipliers)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -184,39 +228,31 @@ def train(args, dist_info):
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            window_steps += 1
             end_of_epoch = step % steps_per_epoch == 0
-            if dist_info.is_main and (step % args.log_every == 0 or step == stop_step or end_of_epoch):
-                elapsed = time.perf_counter() - window_start
-                record = dict(step=step, epoch=epoch, loss=loss.item(), lr=lr * args.learning_rate_weights,
-                              images_per_s=window_steps * args.batch_size / elapsed,
-                              data_time=data_time / window_steps, max_memory_gb=max_memory_gb(device))
-                metrics.write(**record)
-                for key in ("loss", "lr", "images_per_s", "data_time"):
-                    writer.add_scalar(key, record[key], step)
-                progress.update(step, args.batch_size, force=step == stop_step,
-                                extra=f"epoch {epoch} loss {record['loss']:.4g} lr {record['lr']:.3g}",
-                                memory_gb=record["max_memory_gb"])
-                window_start, window_steps, data_time = time.perf_counter(), 0, 0.0
-            if step % args.checkpoint_every == 0 or end_of_epoch or step == stop_step:
-                checkpoint()
+            if log:
+                log.step_done(data_time)
+                if step % args.log_every == 0 or end_of_epoch or step == stop_step:
+                    log.write(step, epoch, loss.item(), lr)  # .item() syncs: only on logged steps
+                if step % args.checkpoint_every == 0 or end_of_epoch or step == stop_step:
+                    save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scaler=scaler,
+                                    **schedule)
             if step == stop_step:
                 break
             fetch_start = time.perf_counter()
 
-    if dist_info.is_main:
+    if log:
         export_backbone(model, args.out / BACKBONE_FILE)
-        metrics.close()
-        writer.close()
+        log.close()
         print(f"pretrain: wrote {args.out / BACKBONE_FILE} after {step} steps", file=sys.stderr, flush=True)
     return step
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     dist_info = init_distributed()
     try:
-        train(args, dist_info)
+        train(args, dist_info, argv)
     finally:
         cleanup()
 
