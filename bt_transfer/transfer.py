@@ -150,7 +150,14 @@ def final_metrics(folder, task):
     evaluations = [r for r in read_metrics(path) if all(k in r for k in wanted)] if path.is_file() else []
     if not evaluations:
         raise TransferError(f"{path}: no evaluation with {', '.join(wanted)}; the run ended before evaluating")
-    return {key: evaluations[-1][key] for key in wanted}
+    metrics = {key: evaluations[-1][key] for key in wanted}
+    undefined = [key for key, value in metrics.items() if value != value]
+    if undefined:
+        # COCOeval reports -1 (Detectron2: NaN) for a size range without ground truth, e.g. APl on
+        # images too small to hold a large (> 96x96 px) object; a result record holds numbers only.
+        raise TransferError(f"{path}: {', '.join(undefined)} undefined on this test set (no ground truth in that "
+                            "object-size range); the per-class and per-size results are in that file")
+    return metrics
 
 
 def run_seed(args, seed, weights_pkl, weights, extra_deviations, datasets_root):

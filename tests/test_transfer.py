@@ -1,0 +1,223 @@
+"""Detection transfer end to end on CPU with real Detectron2, on generated data.
+
+Convert a random ResNet-50 -> Faster R-CNN on VOC (killed after its first checkpoint, then
+resumed) -> PascalVOCDetectionEvaluator -> result.json; the checkpoint reloads and evaluates to
+the same AP; Mask R-CNN on COCO -> COCOEvaluator. Test splits are cut to a few images (the
+evaluation dominates a CPU run); everything else is the generated data as is.
+"""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bt_transfer import train_net, transfer
+from bt_transfer.fileio import sha256_file, sha256_json
+from bt_transfer.results import METRIC_KEYS, load_result
+
+SMALL, MEDIUM = 32**2, 96**2  # COCO's object-size ranges
+
+
+def random_resnet50(path, arch="resnet50"):
+    """torchvision weights with non-trivial BN statistics (random weights with unit BN train badly)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def small_test_root(source, out, voc_test=6, coco_val=6):
+    """A datasets root that links to ``source`` with shorter test splits (COCO: covering all object sizes)."""
+    (out / "VOC2012").parent.mkdir(parents=True)
+    os.symlink(source / "VOC2012", out / "VOC2012")
+    voc = out / "VOC2007"
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    for name in ("JPEGImages", "Annotations"):
+        os.symlink(source / "VOC2007" / name, voc / name)
+    main = source / "VOC2007" / "ImageSets" / "Main"
+    shutil.copy(main / "trainval.txt", voc / "ImageSets" / "Main")
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("\n".join(main.joinpath("test.txt").read_text().split()[:voc_test]) + "\n")
+
+    coco = out / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    os.symlink(source / "coco" / "train2017", coco / "train2017")
+    os.symlink(source / "coco" / "annotations" / "instances_train2017.json", coco / "annotations" / "instances_train2017.json")
+    val = json.loads((source / "coco" / "annotations" / "instances_val2017.json").read_text())
+    areas = {}
+    for annotation in val["annotations"]:
+        areas.setdefault(annotation["image_id"], set()).add(
+            0 if annotation["area"] < SMALL else 1 if annotation["area"] < MEDIUM else 2)
+    kept, seen = [], set()
+    for image in val["images"]:
+        if len(kept) < coco_val or seen != {0, 1, 2}:
+            kept.append(image)
+            seen |= areas.get(image["id"], set())
+    ids = {image["id"] for image in kept}
+    (coco / "val2017").mkdir()
+    for image in kept:
+        os.symlink(source / "coco" / "val2017" / image["file_name"], coco / "val2017" / image["file_name"])
+    val.update(images=kept, annotations=[a for a in val["annotations"] if a["image_id"] in ids])
+    (coco / "annotations" / "instances_val2017.json").write_text(json.dumps(val))
+    return out
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return random_resnet50(tmp_path_factory.mktemp("weights") / "resnet50.pth")
+
+
+@pytest.fixture(scope="module")
+def voc_root(generated_data, tmp_path_factory):
+    return small_test_root(generated_data, tmp_path_factory.mktemp("voc") / "datasets")
+
+
+def transfer_args(task, weights, root, out, *opts):
+    return [task, "--weights", str(weights), "--seeds", "1", "--num-gpus", "0", "--out", str(out),
+            "--datasets-root", str(root), "--smoke", "--label", "random init",
+            "--opts", "SOLVER.CHECKPOINT_PERIOD", "2", *opts]
+
+
+def kill_after_first_checkpoint(argv, folder, log, timeout=300):
+    """Run the transfer CLI and SIGKILL it (and its training process) once iteration 1 is saved."""
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, "-m", "bt_transfer.transfer", *argv], start_new_session=True,
+                                   stdout=output, stderr=subprocess.STDOUT)
+    marker, deadline = folder / "last_checkpoint", time.monotonic() + timeout
+    try:
+        while not (marker.is_file() and marker.read_text().strip() == "model_0000001.pth"):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"no checkpoint of iteration 1 in {timeout} s: {log.read_text()[-3000:]}"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def voc_run(weights, voc_root, tmp_path_factory):
+    """One VOC run, killed after its first checkpoint and resumed by rerunning the same command."""
+    out = tmp_path_factory.mktemp("transfer-voc")
+    argv = transfer_args("voc", weights, voc_root, out)
+    kill_after_first_checkpoint(argv, out / "seed1", out / "killed-run.log")
+    assert not (out / "seed1" / "result.json").exists()
+    transfer.main(argv)
+    return argv, out / "seed1"
+
+
+def test_voc_result_record(voc_run, weights):
+    _, folder = voc_run
+    record = load_result(folder / "result.json")
+    assert record["task"] == "voc" and record["seed"] == 1 and record["world_size"] == 1
+    assert set(METRIC_KEYS["voc"]) <= set(record["metrics"])
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in record["metrics"].values())
+    assert record["weights"] == {"path": str(weights), "sha256": sha256_file(weights), "label": "random init"}
+    assert record["config"] == yaml.safe_load((folder / "config.yaml").read_text())  # what Detectron2 ran
+    assert record["config_sha256"] == sha256_json(record["config"])
+    assert record["code_version"]
+    deviations = record["protocol"]["deviations"]
+    assert record["protocol"]["full"] is False
+    assert deviations[0].startswith("linear scaling rule for 1 GPU(s) x 2 images: batch 2 (protocol 16), BASE_LR 0.0125 (0.1)")
+    assert deviations[1].startswith("plain BN on one process")
+    for expected in ("SOLVER.MAX_ITER: 4 (protocol: 24000)", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE: 32 (protocol: 512)",
+                     "INPUT.MIN_SIZE_TEST: 128 (protocol: 800)"):
+        assert expected in deviations
+    assert deviations[-1] == ("not the benchmark's data: voc_2007_trainval 60 images (real: 5011), "
+                              "voc_2012_trainval 60 images (real: 11540), voc_2007_test 6 images (real: 4952)")
+
+
+def test_voc_run_resumed_from_its_last_checkpoint(voc_run):
+    _, folder = voc_run
+    starts = [line.rsplit(" ", 1)[-1] for line in (folder / "log.txt").read_text().splitlines()
+              if "Starting training from iteration" in line]
+    assert starts == ["0", "2"]  # the killed run, then the resumed one: iterations 2 and 3 only
+    assert load_result(folder / "result.json")["extra"]["resumed"] is True
+    records = [json.loads(line) for line in (folder / "metrics.json").read_text().splitlines()]
+    training = [r for r in records if "total_loss" in r]
+    assert [r["iteration"] for r in training] == [3]
+    assert all(math.isfinite(r[k]) for r in training for k in r if k.startswith("loss") or k == "total_loss")
+    assert training[0]["memory_gb"] > 0
+
+
+def test_checkpoint_reloads_and_evaluates_to_the_recorded_ap(voc_run, voc_root, tmp_path, monkeypatch):
+    _, folder = voc_run
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(voc_root))
+    args = train_net.argument_parser().parse_args([
+        "--config-file", str(transfer.CONFIGS["voc"]), "--num-gpus", "0", "--eval-only", *transfer.SMOKE_OPTS,
+        "MODEL.WEIGHTS", str(folder / "model_final.pth"), "OUTPUT_DIR", str(tmp_path)])
+    results = train_net.main(args)
+    recorded = load_result(folder / "result.json")["metrics"]
+    assert {f"bbox/{k}": v for k, v in results["bbox"].items()} == pytest.approx(recorded, abs=1e-9)
+
+
+def test_finished_seed_is_skipped(voc_run, capsys):
+    argv, folder = voc_run
+    before = (folder / "result.json").stat().st_mtime_ns
+    transfer.main(argv)
+    assert "finished already" in capsys.readouterr().out
+    assert (folder / "result.json").stat().st_mtime_ns == before
+
+
+def test_finished_seed_of_another_config_is_refused(voc_run):
+    argv, folder = voc_run
+    with pytest.raises(SystemExit, match="holds a finished run of other weights or another config"):
+        transfer.main([*argv, "SOLVER.BASE_LR", "0.5"])
+
+
+def test_missing_dataset_stops_before_training(weights, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        transfer.main(transfer_args("voc", weights, tmp_path / "nowhere", out))
+    message = str(stop.value)
+    assert str(tmp_path / "nowhere" / "VOC2007") in message and "Expected layout" in message
+    assert not out.exists()
+
+
+def test_missing_weights_stop_before_training(voc_root, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=f"weights {tmp_path / 'absent.pth'}: no such file"):
+        transfer.main(transfer_args("voc", tmp_path / "absent.pth", voc_root, out))
+    assert not out.exists()
+
+
+def test_weights_the_converter_rejects_stop_before_training(voc_root, tmp_path):
+    out = tmp_path / "out"
+    resnet18 = random_resnet50(tmp_path / "resnet18.pth", arch="resnet18")
+    with pytest.raises(SystemExit, match="weights rejected by the converter: .*resnet18.pth"):
+        transfer.main(transfer_args("voc", resnet18, voc_root, out))
+    assert not (out / "seed1").exists() and not (out / "backbone.pkl").exists()
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    """Generated at 256 px: COCO's "large" range (> 96x96 px) needs objects that 128 px images cannot hold."""
+    from bt_transfer.synthetic import generate
+
+    source = generate(tmp_path_factory.mktemp("generated256") / "datasets", size=256)
+    return small_test_root(source, tmp_path_factory.mktemp("coco") / "datasets")
+
+
+def test_mask_rcnn_on_coco(weights, coco_root, tmp_path):
+    transfer.main(transfer_args("coco", weights, coco_root, tmp_path))
+    record = load_result(tmp_path / "seed1" / "result.json")
+    assert record["task"] == "coco"
+    assert set(METRIC_KEYS["coco"]) <= set(record["metrics"])  # bbox and segm AP, AP50, AP75, APs/m/l
+    assert all(math.isfinite(v) for v in record["metrics"].values())
+    assert (tmp_path / "seed1" / "inference" / "coco_instances_results.json").is_file()
+    assert "SOLVER.MAX_ITER: 4 (protocol: 90000)" in record["protocol"]["deviations"]
