@@ -126,3 +126,21 @@ def test_result_records_round_trip_and_reject_bad_input(tmp_path):
         results.validate(_record(protocol={"full": True, "deviations": ["generated data"]}), "x.json")
     with pytest.raises(results.ResultError, match="x.json: missing key\\(s\\) seed"):
         results.validate({k: v for k, v in good.items() if k != "seed"}, "x.json")
+
+
+def test_evaluations_of_a_short_pretraining_on_generated_data_are_not_full_protocol(tmp_path):
+    data = tmp_path / "data"
+    (data / "imagenet" / "train").mkdir(parents=True)
+    (data / "synthetic.json").write_text("{}")
+    run = tmp_path / "pretrain"
+    fileio.write_json(run / "args.json", {"epochs": 2, "batch_size": 2048, "projector": "512-512",
+                                         "lambd": 0.0051, "image_size": 224, "max_steps": None,
+                                         "data": str(data / "imagenet" / "train")})
+    record = _record(weights={"path": str(run / "resnet50.pth"), "sha256": "0" * 64, "label": "BT"})
+    record = results.make_record(**{k: record[k] for k in ("task", "metrics", "seed", "weights", "config",
+                                                            "world_size")})
+    assert record["protocol"] == {"full": False, "deviations": [
+        "backbone pretrained with epochs 2 (paper: 1000)",
+        "backbone pretrained with projector 512-512 (paper: 8192-8192-8192)",
+        f"backbone pretrained on generated data ({data / 'imagenet' / 'train'})",
+    ]}
