@@ -93,7 +93,8 @@ def barlow_twins_loss(z1, z2, lambd=0.0051, form="auto", eps=BN_EPS, official_gr
     if form not in LOSS_FORMS:
         raise ValueError(f"loss form {form!r}: expected one of {LOSS_FORMS}")
     if z1.shape != z2.shape or z1.ndim != 2:
-        raise ValueError(f"embeddings must be two N x D tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(f"embeddings must be two N x D tensors of the same shape, "
+                         f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
     world_size = _world_size()
     local_batch, dim = z1.shape
     global_batch = local_batch * world_size

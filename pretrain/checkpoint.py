@@ -58,7 +58,8 @@ def read_checkpoint(path):
             "or not a pretraining checkpoint; move it away to start over") from error
     if not isinstance(state, dict) or (missing := [k for k in REQUIRED_KEYS if k not in state]):
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: not a bt-transfer pretraining checkpoint (missing {missing or REQUIRED_KEYS}; found {found})")
+        raise CheckpointError(f"{path}: not a bt-transfer pretraining checkpoint "
+                              f"(missing {missing or REQUIRED_KEYS}; found {found})")
     if state["format"] != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state['format']}, this code reads format {FORMAT}")
     return state

@@ -1,7 +1,8 @@
 """Barlow Twins pretraining of a ResNet-50 on an ImageFolder: one process, torchrun or SLURM.
 
     torchrun --standalone --nproc_per_node=8 -m pretrain.train --data datasets/imagenet/train --out runs/pretrain
-    python -m pretrain.train --data D --out O --epochs 2 --batch-size 16 --projector 256-256 --image-size 64  # CPU smoke
+    python -m pretrain.train --data D --out O --epochs 2 --batch-size 16 --projector 256-256 --image-size 64 \
+        --workers 0                                                          # a CPU smoke run
 
 Defaults are the official facebookresearch/barlowtwins ones (the paper's values in brackets where
 they differ): batch 2048, 1000 epochs, projector 8192-8192-8192, lambda 0.0051 (5e-3), LARS with
@@ -67,7 +68,8 @@ def build_parser():
                         help="cross_correlation (D x D) or gram (N x N); auto picks the cheaper one")
     parser.add_argument("--official-grad-scaling", action="store_true",
                         help="scale gradients by 1/world_size like the official code; without it gradients are exact")
-    parser.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (also at each epoch end)")
+    parser.add_argument("--checkpoint-every", type=int, default=1000,
+                        help="steps between checkpoints (also at each epoch end)")
     parser.add_argument("--log-every", type=int, default=10, help="steps between metrics lines")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                         help="mixed precision: auto = bf16 (fp16 before Ampere) on CUDA, off on CPU")
@@ -206,10 +208,13 @@ def train(args, dist_info, argv=()):
         if dist_info.distributed else model
     base_lr = base_learning_rate(args.batch_size)
     multipliers = (args.learning_rate_weights, args.learning_rate_biases)
-    log = RunLog(args, list(argv), dist_info, steps_per_epoch, step, stop_step, amp_dtype) if dist_info.is_main else None
+    log = None
+    if dist_info.is_main:
+        log = RunLog(args, list(argv), dist_info, steps_per_epoch, step, stop_step, amp_dtype)
     if log:
         print(f"pretrain: {len(dataset)} images, {steps_per_epoch} steps/epoch, steps {step}->{stop_step}, "
-              f"world size {dist_info.world_size}, amp {amp_dtype or 'off'}, device {device}", file=sys.stderr, flush=True)
+              f"world size {dist_info.world_size}, amp {amp_dtype or 'off'}, device {device}",
+              file=sys.stderr, flush=True)
 
     model.train()
     while step < stop_step:

@@ -37,7 +37,8 @@ def test_views_have_configured_shape_dtype_and_normalisation(jpeg_path):
 def test_per_view_probabilities_over_many_draws():
     torch.manual_seed(1)
     draws = 4000
-    stats = {view: [sample_view_params(500, 375, policy) for _ in range(draws)] for view, policy in enumerate(VIEW_POLICIES)}
+    stats = {view: [sample_view_params(500, 375, policy) for _ in range(draws)]
+             for view, policy in enumerate(VIEW_POLICIES)}
     tolerance = 4 * np.sqrt(0.25 / draws)  # 4 sigma of a Bernoulli mean at worst
 
     def rate(view, predicate):

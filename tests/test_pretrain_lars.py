@@ -38,9 +38,10 @@ def test_trust_ratio_weight_decay_and_momentum_by_hand():
     opt.step()
     mu = 0.9 * torch.tensor([0.5, -0.5]) + torch.tensor([0.5, -0.5])
     torch.testing.assert_close(bias.data, (torch.tensor([0.5, 2.5]) - 2.0 * mu).double())
-    d2 = torch.tensor([[0.3, 0.4]], dtype=torch.float64) + 0.1 * torch.tensor([[2.997, 3.996]], dtype=torch.float64)
-    d2 = d2 * 0.001 * torch.tensor([[2.997, 3.996]], dtype=torch.float64).norm() / d2.norm()
-    expected = torch.tensor([[2.997, 3.996]], dtype=torch.float64) - 2.0 * (0.9 * torch.tensor([[0.003, 0.004]], dtype=torch.float64) + d2)
+    after_first = torch.tensor([[2.997, 3.996]], dtype=torch.float64)
+    d2 = torch.tensor([[0.3, 0.4]], dtype=torch.float64) + 0.1 * after_first
+    d2 = d2 * 0.001 * after_first.norm() / d2.norm()
+    expected = after_first - 2.0 * (0.9 * torch.tensor([[0.003, 0.004]], dtype=torch.float64) + d2)
     torch.testing.assert_close(weight.data, expected)
 
 

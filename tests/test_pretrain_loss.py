@@ -43,8 +43,9 @@ def test_forms_match_reference_values_and_gradients(n, d, form):
 
 def test_loss_invariant_to_per_dimension_affine_rescaling():
     gen = torch.Generator().manual_seed(0)
-    z1, z2 = torch.randn(16, 32, generator=gen, dtype=torch.float64), torch.randn(16, 32, generator=gen, dtype=torch.float64)
-    scale, shift = torch.rand(32, generator=gen, dtype=torch.float64) * 10 + 0.1, torch.randn(32, generator=gen, dtype=torch.float64) * 5
+    z1, z2 = (torch.randn(16, 32, generator=gen, dtype=torch.float64) for _ in range(2))
+    scale = torch.rand(32, generator=gen, dtype=torch.float64) * 10 + 0.1
+    shift = torch.randn(32, generator=gen, dtype=torch.float64) * 5
     for form in ("cross_correlation", "gram"):
         base = barlow_twins_loss(z1, z2, form=form)
         moved = barlow_twins_loss(z1 * scale + shift, z2 * scale.flip(0) - shift, form=form)
