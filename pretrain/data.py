@@ -44,6 +44,12 @@ def scan_image_folder(root):
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
         raise DataError(f"{root}: no class sub-folders; expected an ImageFolder root (<root>/<class>/<image>)")
+    # The usual slip: the dataset root instead of its train split, which would pretrain on val too.
+    split = next((name for name in ("train", "val") if name in classes
+                  and any(entry.is_dir() for entry in os.scandir(root / name))), None)
+    if split:
+        raise DataError(f"{root}: has a {split}/ folder of class folders, so it is a dataset root, not an "
+                        f"ImageFolder of classes; pass the split, e.g. --data {root / 'train'}")
     paths, empty = [], []
     for name in classes:
         found = sorted(

@@ -25,6 +25,13 @@ def test_missing_data_folder_is_named(tmp_path):
         main(["--data", str(missing), "--out", str(tmp_path / "run"), "--workers", "0"])
 
 
+def test_dataset_root_instead_of_its_train_split_is_refused(tmp_path):
+    write_jpeg(tmp_path / "imagenet" / "train" / "n01" / "1.JPEG")
+    write_jpeg(tmp_path / "imagenet" / "val" / "n01" / "2.JPEG")
+    with pytest.raises(DataError, match=f"dataset root.*--data {tmp_path / 'imagenet' / 'train'}"):
+        TwoViewDataset(tmp_path / "imagenet", TwoViews(16))
+
+
 def test_empty_class_folder_is_named(tmp_path):
     write_jpeg(tmp_path / "train" / "cat" / "1.JPEG")
     (tmp_path / "train" / "dog").mkdir()
