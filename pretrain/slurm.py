@@ -44,7 +44,7 @@ def build_parser():
     parser.add_argument("--partition", required=True, help="SLURM partition")
     parser.add_argument("--timeout-min", type=int, default=72 * 60, help="time limit of one job; requeued after it")
     parser.add_argument("--cpus-per-task", type=int, default=10, help="CPU cores per GPU (data-loading workers + 2)")
-    parser.add_argument("--mem-gb", type=int, default=None, help="memory per machine (default: the partition's)")
+    parser.add_argument("--mem-gb", type=int, default=None, help="memory per machine in GB; unset: the partition's default")
     parser.add_argument("--account", default=None, help="SLURM account")
     parser.add_argument("--constraint", default=None, help="SLURM node constraint, e.g. volta32gb")
     parser.add_argument("--max-requeues", type=int, default=20, help="requeues on timeout (preemptions do not count)")
@@ -81,7 +81,11 @@ def build_executor(options, folder):
 def main(argv=None):
     options, train_argv, train_args = parse(argv)
     folder = Path(train_args.out) / "slurm"
-    job = build_executor(options, folder).submit(PretrainJob(train_argv))
+    try:
+        executor = build_executor(options, folder)
+    except RuntimeError as error:  # submitit found no srun on this machine
+        raise SystemExit(f"pretrain.slurm: {error} On one machine use torchrun instead (make pretrain).") from error
+    job = executor.submit(PretrainJob(train_argv))
     print(f"submitted job {job.job_id}: {options.nodes} x {options.gpus_per_node} GPUs on {options.partition}; "
           f"logs in {folder}, outputs in {train_args.out}", file=sys.stderr)
     return job
