@@ -100,7 +100,9 @@ def decode_for_crops(image, crops, size):
     # the image size scaled by size/crop keeps each crop >= size pixels. A no-op for non-JPEGs and
     # for images already loaded.
     image.draft("RGB", (-(-width * size // min_w), -(-height * size // min_h)))
-    image = image.convert("RGB")
+    image.load()
+    if image.mode != "RGB":  # grayscale or CMYK JPEGs, PNGs...; convert() of an RGB image would copy it
+        image = image.convert("RGB")
     return image, image.size[0] / width, image.size[1] / height
 
 
