@@ -92,6 +92,12 @@ def resume(path, *, model, optimizer, scaler, steps_per_epoch, global_batch, pro
     return int(state["step"])
 
 
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of checkpoint writes that a killed run left behind (each as big as a checkpoint)."""
+    for stale in Path(folder).glob(f".{CHECKPOINT_FILE}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def export_backbone(model, path):
     """Atomically write the backbone's state dict (torchvision keys, no ``fc``): the official ``resnet50.pth``."""
     state = {key: value.detach().cpu().clone() for key, value in model.backbone.state_dict().items()}

@@ -35,7 +35,9 @@ from bt_transfer.progress import MetricsLog, Progress, peak_rss_gb
 from bt_transfer.results import code_version
 from pretrain.augment import TwoViews, normalize_batch
 from pretrain.barlow_twins import LOSS_FORMS, BarlowTwins, parse_projector
-from pretrain.checkpoint import BACKBONE_FILE, CHECKPOINT_FILE, export_backbone, resume, save_checkpoint
+from pretrain.checkpoint import (
+    BACKBONE_FILE, CHECKPOINT_FILE, export_backbone, remove_stale_temporaries, resume, save_checkpoint,
+)
 from pretrain.data import ResumableSampler, TwoViewDataset, make_loader
 from pretrain.distributed import cleanup, init_distributed
 from pretrain.lars import LARS, base_learning_rate, learning_rate, param_groups, set_learning_rate
@@ -201,6 +203,8 @@ def train(args, dist_info, argv=()):
     checkpoint_path = args.out / CHECKPOINT_FILE
     schedule = dict(steps_per_epoch=steps_per_epoch, global_batch=args.batch_size, projector=args.projector)
     step = 0
+    if dist_info.is_main:
+        remove_stale_temporaries(args.out)
     if checkpoint_path.exists():
         step = resume(checkpoint_path, model=model, optimizer=optimizer, scaler=scaler, **schedule)
     check_same_step_everywhere(step, dist_info)

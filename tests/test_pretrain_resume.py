@@ -61,7 +61,10 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_folder, tmp_path)
     killed_at = read_checkpoint(run_b / "checkpoint.pth")["step"]
     assert 2 <= killed_at < STEPS and not (run_b / "resnet50.pth").exists()
 
+    stale = run_b / ".checkpoint.pth.killed.tmp"  # what a kill during a checkpoint write leaves
+    stale.write_bytes(b"partial")
     main(train_args(tiny_folder, run_b, 2))  # restart: resumes from the checkpoint
+    assert not list(run_b.glob(".checkpoint.pth.*.tmp"))
 
     a = torch.load(run_a / "resnet50.pth", weights_only=True)
     b = torch.load(run_b / "resnet50.pth", weights_only=True)
