@@ -44,7 +44,8 @@ def build_parser():
     parser.add_argument("--partition", required=True, help="SLURM partition")
     parser.add_argument("--timeout-min", type=int, default=72 * 60, help="time limit of one job; requeued after it")
     parser.add_argument("--cpus-per-task", type=int, default=10, help="CPU cores per GPU (data-loading workers + 2)")
-    parser.add_argument("--mem-gb", type=int, default=None, help="memory per machine in GB; unset: the partition's default")
+    parser.add_argument("--mem-gb", type=int, default=None,
+                        help="memory per machine in GB; unset: the partition's default")
     parser.add_argument("--account", default=None, help="SLURM account")
     parser.add_argument("--constraint", default=None, help="SLURM node constraint, e.g. volta32gb")
     parser.add_argument("--max-requeues", type=int, default=20, help="requeues on timeout (preemptions do not count)")
