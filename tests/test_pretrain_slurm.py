@@ -43,7 +43,10 @@ def test_requeued_job_reruns_the_same_training_command():
     assert resubmission.function.train_argv == TRAIN
 
 
-def test_job_trains_under_submitit(generated_data, tmp_path):
+def test_job_trains_under_submitit(generated_data, tmp_path, monkeypatch):
+    # The job exports the torch.distributed variables; monkeypatch restores them for the other tests.
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     data = generated_data / "imagenet" / "train"
     argv = ["--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4",
             "--projector", "32-16", "--image-size", "16", "--workers", "0", "--max-steps", "1"]
