@@ -18,9 +18,12 @@ come from torchvision's own samplers); what differs is only how the work is done
 - a JPEG is then decoded once, with libjpeg's DCT-domain downscaling (``Image.draft``) when both
   crops still keep at least ``size`` source pixels per side after the reduction, so large images
   decode 2-8x faster and the bicubic resize sees no less detail than the output has;
-- crop and resize are one PIL call (``resize(box=...)``), the colour operations run on 8-bit PIL
-  images at the output size, and normalisation is one fused float pass at the end, or is left to
-  the accelerator (``normalize=False`` returns uint8 tensors; see ``normalize_batch``).
+- the colour operations run on 8-bit PIL images at the output size (as in the official pipeline:
+  they are most of the time per image), and normalisation comes last, straight from uint8, or is
+  left to the accelerator (``normalize=False`` returns uint8 tensors; see ``normalize_batch``).
+
+Without a reduced-scale decode (small images, small crops) every view is pixel-identical to the
+official pipeline's for the same random decisions (tests/test_pretrain_augment.py checks it).
 
 Randomness comes from torch's global generator, so the caller controls it (the pretraining dataset
 seeds it per sample: see ``pretrain.data``).
@@ -119,8 +122,12 @@ def _apply_jitter(image, jitter):
 def render_view(image, params, scale_x, scale_y, size):
     """Apply ``params`` to the decoded RGB ``image`` (scaled by scale_x, scale_y from the source)."""
     top, left, h, w = params.crop
-    box = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
-    view = image.resize((size, size), Image.BICUBIC, box=box)
+    if scale_x == scale_y == 1.0:
+        # Exactly torchvision's resized_crop: a resize with box= would also read pixels outside the crop.
+        view = image.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
+    else:  # decoded at reduced scale: the crop box has fractional corners, which only resize(box=) takes
+        box = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
+        view = image.resize((size, size), Image.BICUBIC, box=box)
     if params.flip:
         view = view.transpose(Image.FLIP_LEFT_RIGHT)
     if params.jitter is not None:

@@ -4,8 +4,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
+from torchvision.transforms import functional as F
 
 from pretrain.augment import (
     IMAGENET_MEAN, IMAGENET_STD, VIEW_POLICIES, TwoViews, ViewParams, decode_for_crops, normalize_batch, render_view,
@@ -72,6 +73,36 @@ def test_solarisation_and_grayscale_render_as_specified(jpeg_path):
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
     flipped = render(flip=True)
     assert torch.equal(flipped, base.flip(-1))
+
+
+def official_view(image, params, size):
+    """The official pipeline's operations, in its order, applied with the given random decisions."""
+    top, left, h, w = params.crop
+    view = F.resized_crop(image, top, left, h, w, [size, size], transforms.InterpolationMode.BICUBIC)
+    if params.flip:
+        view = F.hflip(view)
+    if params.jitter is not None:
+        order, *factors = params.jitter
+        ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+        for fn_id in order:
+            view = ops[fn_id](view, factors[fn_id])
+    if params.grayscale:
+        view = F.rgb_to_grayscale(view, num_output_channels=3)
+    if params.blur_sigma is not None:
+        view = view.filter(ImageFilter.GaussianBlur(params.blur_sigma))
+    if params.solarize:
+        view = ImageOps.solarize(view)
+    return transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(F.to_tensor(view))
+
+
+def test_views_equal_the_official_operations_for_the_same_random_decisions(jpeg_path):
+    # A loaded image cannot be decoded at reduced scale, so both paths see the same pixels.
+    image = Image.open(jpeg_path).convert("RGB").resize((120, 90))
+    torch.manual_seed(2)
+    for policy in VIEW_POLICIES * 15:
+        params = sample_view_params(120, 90, policy)
+        ours = normalize_batch(to_uint8_tensor(render_view(image, params, 1.0, 1.0, 32)))
+        torch.testing.assert_close(ours, official_view(image, params, 32), rtol=0, atol=1e-5)
 
 
 def test_draft_decoding_keeps_every_crop_at_least_output_size(jpeg_path):
