@@ -1,6 +1,7 @@
 """ImageNet evaluation of a ResNet-50 backbone: linear probe, and 1% / 10% semi-supervised fine-tuning.
 
-    torchrun --nproc_per_node=8 -m pretrain.evaluate --mode linear --weights resnet50.pth --data imagenet --out runs/linear
+    torchrun --nproc_per_node=8 -m pretrain.evaluate --mode linear --weights resnet50.pth --data imagenet \
+        --out runs/linear
     torchrun --nproc_per_node=8 -m pretrain.evaluate --mode semisup --percent 1 --subset-file 1percent.txt \\
         --weights resnet50.pth --data imagenet --out runs/semisup-1
 
@@ -21,12 +22,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torchvision import datasets, models, transforms
+from PIL import Image
+from torchvision import models, transforms
 
 from bt_transfer.fileio import atomic_write, sha256_file, write_json
 from bt_transfer.progress import MetricsLog, Progress
 from bt_transfer.results import make_record, write_result
 from pretrain import eval_protocol, subsets
+from pretrain.data import CorruptImageError, DataError, scan_image_folder
 from pretrain.distributed import cleanup, init_distributed
 
 FC_KEYS = ("fc.weight", "fc.bias")
@@ -47,7 +50,8 @@ def parse_args(argv=None):
                         help="linear: frozen backbone, train the classifier; semisup: fine-tune everything on a subset")
     parser.add_argument("--percent", type=int, choices=(1, 10), help="semisup: percentage of labelled images")
     parser.add_argument("--weights", type=Path, required=True,
-                        help="torchvision ResNet-50 state dict without fc (resnet50.pth from pretraining or the official release)")
+                        help="torchvision ResNet-50 state dict without fc (resnet50.pth from pretraining "
+                             "or the official release)")
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder root with train/ and val/")
     parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds checkpoint.pth)")
     parser.add_argument("--label", help="how the report names the backbone (default: the weights' folder name)")
@@ -57,14 +61,19 @@ def parse_args(argv=None):
     parser.add_argument("--lr-backbone", type=float, help="semisup: default 0.005 cosine, 0.002 paper-step")
     parser.add_argument("--weight-decay", type=float, help="default 1e-6 linear, 0 semisup")
     parser.add_argument("--schedule", choices=("cosine", "paper-step"), default="cosine",
-                        help="cosine (default, official code) or paper-step (semisup: the paper's x0.2 after epochs 12 and 16 of 20)")
+                        help="cosine (default, official code) or paper-step (semisup: the paper's x0.2 "
+                             "after epochs 12 and 16 of 20)")
     parser.add_argument("--subset-file", type=Path,
-                        help="semisup: SimCLR's 1percent.txt / 10percent.txt (default: a class-balanced subset drawn from --subset-seed)")
-    parser.add_argument("--subset-seed", type=int, default=0, help="semisup without --subset-file: seed of the drawn subset (default 0)")
+                        help="semisup: SimCLR's 1percent.txt / 10percent.txt (default: a class-balanced "
+                             "subset drawn from --subset-seed)")
+    parser.add_argument("--subset-seed", type=int, default=0,
+                        help="semisup without --subset-file: seed of the drawn subset (default 0)")
     parser.add_argument("--image-size", type=int, help="training and validation crop (default 224)")
     parser.add_argument("--val-resize", type=int, help="validation resize before the centre crop (default 256 for 224)")
-    parser.add_argument("--workers", type=int, default=8, help="data-loading processes per training process (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="classifier initialisation, shuffling, augmentation (default 0)")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="data-loading processes per training process (default 8)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="classifier initialisation, shuffling, augmentation (default 0)")
     args = parser.parse_args(argv)
     try:
         config = eval_protocol.resolve(vars(args))
@@ -135,35 +144,46 @@ def assert_backbone_unchanged(model, path):
                            f"{path}; the result would not measure these weights and is not written")
 
 
+class LabelledImages(torch.utils.data.Dataset):
+    """``(image, class index)`` pairs of an ImageFolder split, checked by ``pretrain.data.scan_image_folder``."""
+
+    def __init__(self, root, transform):
+        self.root, self.transform = Path(root), transform
+        self.paths, self.classes = scan_image_folder(root)
+        self.files = [Path(path).relative_to(self.root).as_posix() for path in self.paths]
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.targets = [index[file.split("/", 1)[0]] for file in self.files]
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            with Image.open(self.paths[i]) as image:
+                return self.transform(image.convert("RGB")), self.targets[i]
+        except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+            raise CorruptImageError(f"{self.paths[i]}: cannot decode this image ({error}); fix or remove it "
+                                    f"and restart (the run resumes from its last epoch)") from error
+
+
 def image_folders(root, image_size, val_resize):
+    """The train and val splits with the protocol's augmentation (random crop + flip / resize + centre crop)."""
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_transform = transforms.Compose([
+    train = LabelledImages(Path(root) / "train", transforms.Compose([
         transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), normalize])
-    val_transform = transforms.Compose([
-        transforms.Resize(val_resize), transforms.CenterCrop(image_size), transforms.ToTensor(), normalize])
-    folders = []
-    for split, transform in (("train", train_transform), ("val", val_transform)):
-        path = Path(root) / split
-        if not path.is_dir():
-            raise FileNotFoundError(f"--data {root}: no {split}/ folder (expected an ImageFolder root with "
-                                    f"train/<class>/*.JPEG and val/<class>/*.JPEG)")
-        folders.append(datasets.ImageFolder(path, transform))
-    train, val = folders
+        transforms.ToTensor(), normalize]))
+    val = LabelledImages(Path(root) / "val", transforms.Compose([
+        transforms.Resize(val_resize), transforms.CenterCrop(image_size), transforms.ToTensor(), normalize]))
     if train.classes != val.classes:
-        only = sorted(set(train.classes) ^ set(val.classes))
-        raise ValueError(f"--data {root}: train/ and val/ have different classes ({', '.join(only[:10])})")
+        differ = sorted(set(train.classes) ^ set(val.classes))
+        raise DataError(f"--data {root}: train/ and val/ hold different classes ({', '.join(differ[:10])})")
     return train, val
-
-
-def relative_paths(folder):
-    return [Path(path).relative_to(folder.root).as_posix() for path, _ in folder.samples]
 
 
 def choose_subset(config, train, out, write):
     """Indices of the labelled subset and its description for the result record; a drawn subset
     is written (when ``write``) to ``out/subset.txt`` to be inspected or passed back as --subset-file."""
-    files = relative_paths(train)
+    files = train.files
     if config["subset_file"] is not None:
         chosen = subsets.read_subset_file(config["subset_file"])
         source, digest = str(config["subset_file"]), sha256_file(config["subset_file"])
@@ -319,8 +339,8 @@ def run(config):
             if not linear:
                 record["lr_backbone"] = optimizer.param_groups[1]["lr"]
             metrics.write(**record)
-            progress.update(step, config["batch_size"], extra=f"epoch {epoch + 1} loss {loss:.4f} top1 {top1:.2f} top5 {top5:.2f}",
-                            memory_gb=_memory_gb(), force=True)
+            summary = f"epoch {epoch + 1} loss {loss:.4f} top1 {top1:.2f} top5 {top5:.2f}"
+            progress.update(step, config["batch_size"], extra=summary, memory_gb=_memory_gb(), force=True)
             save_checkpoint(checkpoint_path, dict(epoch=epoch + 1, model=model.state_dict(),
                                                   optimizer=optimizer.state_dict(), best=best, last=last,
                                                   config={k: _jsonable(config[k]) for k in RESUME_KEYS}))

@@ -1,0 +1,253 @@
+"""ImageNet evaluation (pretrain.evaluate): protocol, weights checks, the frozen backbone, learning signal, resume.
+
+Runs use the generated ImageFolder (10 classes, 26 train / 10 val images each) at 32-48 px on CPU.
+"""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision import models, transforms
+
+from bt_transfer.fileio import sha256_file
+from bt_transfer.progress import read_metrics
+from bt_transfer.results import load_result
+from pretrain import eval_protocol, evaluate
+from pretrain.evaluate import IMAGENET_MEAN, IMAGENET_STD, LabelledImages, WeightsError, load_backbone
+
+CHANCE_TOP1 = 10.0  # 10 generated classes
+
+
+def backbone_state(model):
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+@pytest.fixture(scope="module")
+def plain_weights(tmp_path_factory):
+    """An untrained backbone in the official resnet50.pth format (torchvision keys, no fc)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("plain") / "resnet50.pth"
+    torch.save(backbone_state(models.resnet50()), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def seen_backbone(generated_data, tmp_path_factory):
+    """resnet50.pth of a backbone that has seen the data: 30 supervised steps on the generated train split
+    at 48 px, then BatchNorm statistics recomputed over that split with the final weights."""
+    torch.manual_seed(0)
+    to_tensor = transforms.Compose([transforms.Resize(48), transforms.ToTensor(),
+                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    train = LabelledImages(generated_data / "imagenet" / "train", to_tensor)
+    images = torch.stack([train[i][0] for i in range(len(train))])
+    labels = torch.tensor(train.targets)
+    model = models.resnet50(num_classes=len(train.classes), zero_init_residual=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    for _ in range(30):
+        batch = torch.randint(len(images), (32,))
+        loss = F.cross_entropy(model(images[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the batches that follow
+    with torch.no_grad():
+        model(images)
+    path = tmp_path_factory.mktemp("seen") / "resnet50.pth"
+    torch.save(backbone_state(model), path)
+    return path
+
+
+def run(weights, data, out, *options):
+    return evaluate.main(["--weights", str(weights), "--data", str(data / "imagenet"), "--out", str(out),
+                          "--workers", "0", *map(str, options)])
+
+
+# --- protocol -------------------------------------------------------------------------------------------
+
+def test_learning_rates_follow_the_official_schedulers():
+    """Per-epoch values equal torch's CosineAnnealingLR / MultiStepLR stepped once per epoch (the official code)."""
+    for schedule, epochs, make in (
+        ("cosine", 100, lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 100)),
+        ("paper-step", 20, lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, [12, 16], gamma=0.2)),
+    ):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        scheduler = make(optimizer)
+        for epoch in range(epochs):
+            expected = optimizer.param_groups[0]["lr"]
+            assert eval_protocol.lr_scale(schedule, epoch, epochs) == pytest.approx(expected, abs=1e-12)
+            optimizer.step()
+            scheduler.step()
+
+
+def test_defaults_are_the_published_protocols():
+    paths = ["--weights", "w", "--data", "d", "--out", "o"]
+    linear = evaluate.parse_args(["--mode", "linear", *paths])
+    assert (linear["epochs"], linear["batch_size"], linear["lr_classifier"]) == (100, 256, 0.3)
+    assert linear["weight_decay"] == 1e-6
+    assert (linear["image_size"], linear["val_resize"], linear["lr_backbone"]) == (224, 256, 0.0)
+    semisup = evaluate.parse_args(["--mode", "semisup", "--percent", "1", *paths])
+    assert (semisup["epochs"], semisup["lr_classifier"], semisup["lr_backbone"]) == (20, 0.5, 0.005)
+    assert semisup["weight_decay"] == 0.0
+    paper = evaluate.parse_args(["--mode", "semisup", "--percent", "10", "--schedule", "paper-step", *paths])
+    assert paper["lr_backbone"] == 0.002
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--mode", "linear", "--percent", "1"], "--percent applies to --mode semisup only"),
+    (["--mode", "linear", "--lr-backbone", "0.1"], "--lr-backbone applies to --mode semisup only"),
+    (["--mode", "linear", "--schedule", "paper-step"], "linear evaluation uses cosine"),
+    (["--mode", "semisup"], "needs --percent 1 or --percent 10"),
+    (["--mode", "semisup", "--percent", "1", "--image-size", "64", "--val-resize", "32"], "smaller than"),
+])
+def test_meaningless_options_are_refused(options, message, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(options + ["--weights", "w", "--data", "d", "--out", "o"])
+    assert message in capsys.readouterr().err
+
+
+def test_deviations_name_every_departure_and_nothing_for_the_protocol():
+    imagenet = dict(eval_protocol.IMAGENET)
+    config = evaluate.parse_args(["--mode", "semisup", "--percent", "1", "--subset-file", "1percent.txt",
+                                  "--weights", "w", "--data", "d", "--out", "o"])
+    assert eval_protocol.deviations(config, imagenet, dict(generated=False, images=12811)) == []
+    linear = evaluate.parse_args(["--mode", "linear", "--weights", "w", "--data", "d", "--out", "o"])
+    assert eval_protocol.deviations(linear, imagenet) == []
+    small = dict(config, epochs=2, batch_size=32, image_size=64, val_resize=73)
+    found = eval_protocol.deviations(small, dict(classes=10, train_images=260, val_images=100),
+                                     dict(generated=True, images=10))
+    assert found == [
+        "epochs 2 instead of the protocol's 20",
+        "batch size 32 instead of the protocol's 256",
+        "images cropped to 64 px (val resized to 73) instead of 224 (256)",
+        "data has 10 classes, not ImageNet's 1000",
+        "val has 100 images, not ImageNet's 50000",
+        "subset drawn from seed 0 (class-balanced), not SimCLR's 1percent.txt",
+    ]
+    assert eval_protocol.deviations(config, imagenet, dict(generated=False, images=128116)) == [
+        "subset file lists 128116 images; SimCLR's 1percent.txt lists 12811"]
+
+
+# --- weights --------------------------------------------------------------------------------------------
+
+def test_official_format_loads_with_a_fresh_classifier(plain_weights):
+    reference = torch.load(plain_weights, weights_only=True)
+    model = load_backbone(plain_weights, num_classes=1000)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())
+    assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert torch.count_nonzero(model.fc.bias) == 0
+
+
+def test_weights_with_missing_or_foreign_keys_are_refused_with_the_keys(plain_weights, tmp_path):
+    state = torch.load(plain_weights, weights_only=True)
+    cases = {
+        "no_layer4.pth": ({k: v for k, v in state.items() if not k.startswith("layer4.2.")},
+                          r"no_layer4.pth: not a torchvision ResNet-50 backbone .*"
+                          r"missing keys \[layer4.2.conv1.weight, "),
+        "ddp.pth": ({f"module.{k}": v for k, v in state.items()},
+                    r"ddp.pth: .*unexpected keys \[module.conv1.weight, .*every key starts with 'module.'"),
+        "extra.pth": (dict(state, projector_weight=torch.zeros(1)),
+                      r"extra.pth: .*unexpected keys \[projector_weight\]"),
+        "checkpoint.pth": ({"model": state, "epoch": 3},
+                           "checkpoint.pth: expected a dict of tensors .*training checkpoint"),
+    }
+    for name, (content, message) in cases.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(WeightsError, match=message):
+            load_backbone(tmp_path / name)
+    with pytest.raises(WeightsError, match="absent.pth: no such file"):
+        load_backbone(tmp_path / "absent.pth")
+
+
+def test_a_moved_backbone_tensor_fails_the_frozen_check(plain_weights):
+    model = load_backbone(plain_weights)
+    evaluate.assert_backbone_unchanged(model, plain_weights)  # the fresh fc does not count
+    model.layer2[0].bn1.running_mean[0] += 1e-6
+    with pytest.raises(RuntimeError, match=r"changed the frozen backbone: \[layer2.0.bn1.running_mean\]"):
+        evaluate.assert_backbone_unchanged(model, plain_weights)
+
+
+# --- runs -----------------------------------------------------------------------------------------------
+
+def test_linear_probe_learns_and_leaves_the_backbone_bit_identical(seen_backbone, generated_data, tmp_path):
+    out = tmp_path / "linear"
+    record = run(seen_backbone, generated_data, out, "--mode", "linear", "--epochs", 2, "--batch-size", 32,
+                 "--image-size", 48, "--label", "seen")
+    # The learning signal: a clear margin over chance (10 classes, 100 val images).
+    assert record["metrics"]["top1"] >= 3 * CHANCE_TOP1, record["metrics"]
+    assert record["metrics"]["top5"] >= record["metrics"]["top1"]
+
+    # Every backbone parameter and BatchNorm buffer is bit-identical to the file; the head was trained.
+    trained = torch.load(out / "checkpoint.pth", weights_only=True)["model"]
+    reference = torch.load(seen_backbone, weights_only=True)
+    assert set(trained) - set(reference) == {"fc.weight", "fc.bias"}
+    assert all(torch.equal(trained[k], v) for k, v in reference.items())
+
+    assert load_result(out / "result.json") == record
+    assert record["task"] == "linear" and record["weights"]["label"] == "seen"
+    assert record["weights"]["sha256"] == sha256_file(seen_backbone)
+    assert record["extra"] == dict(classes=10, train_images=260, val_images=100, epochs=2)
+    assert "data has 10 classes, not ImageNet's 1000" in record["protocol"]["deviations"]
+    epochs = read_metrics(out / "metrics.jsonl")
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert {"loss", "lr", "top1", "top5", "images_per_s"} <= set(epochs[-1])
+    assert epochs[0]["lr"] == 0.3 and epochs[1]["lr"] == pytest.approx(0.15)
+    assert json.loads((out / "args.json").read_text())["mode"] == "linear"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_semisup_fine_tunes_the_backbone_and_resumes_bit_exactly(seen_backbone, generated_data, tmp_path, monkeypatch):
+    options = ["--mode", "semisup", "--percent", 1, "--epochs", 2, "--batch-size", 5, "--image-size", 32]
+    whole = run(seen_backbone, generated_data, tmp_path / "whole", *options)
+
+    # The same run killed right after its first checkpoint, then started again.
+    save = evaluate.save_checkpoint
+
+    def save_then_die(path, state):
+        save(path, state)
+        raise Interrupted
+
+    monkeypatch.setattr(evaluate, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupted):
+        run(seen_backbone, generated_data, tmp_path / "cut", *options)
+    monkeypatch.undo()
+    assert not (tmp_path / "cut" / "result.json").exists()
+    resumed = run(seen_backbone, generated_data, tmp_path / "cut", *options)
+
+    final = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)["model"]
+    again = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)["model"]
+    assert all(torch.equal(final[k], again[k]) for k in final)
+    assert resumed["metrics"] == whole["metrics"]
+
+    # Fine-tuning moved the backbone itself, not only the head.
+    reference = torch.load(seen_backbone, weights_only=True)
+    assert not torch.equal(final["layer1.0.conv1.weight"], reference["layer1.0.conv1.weight"])
+    assert not torch.equal(final["bn1.running_mean"], reference["bn1.running_mean"])
+
+    subset = whole["extra"]["subset"]
+    assert whole["task"] == "semisup-1"
+    assert subset["generated"] and subset["images"] == 10
+    assert subset["sha256"] == sha256_file(tmp_path / "whole" / "subset.txt")
+    assert "subset drawn from seed 0 (class-balanced), not SimCLR's 1percent.txt" in whole["protocol"]["deviations"]
+
+    with pytest.raises(ValueError, match=r"checkpoint.pth belongs to a run with other settings \(epochs 2 -> 3\)"):
+        run(seen_backbone, generated_data, tmp_path / "cut", *options, "--epochs", 3)
+
+
+def test_a_simclr_list_selects_exactly_its_images(generated_data, tmp_path):
+    train = LabelledImages(generated_data / "imagenet" / "train", transform=None)
+    listed = ["n00000003_7.JPEG", "n00000001_0.JPEG", "n00000010_25.JPEG"]
+    (tmp_path / "1percent.txt").write_text("\n".join(listed) + "\n")
+    config = dict(subset_file=tmp_path / "1percent.txt", percent=1, subset_seed=0)
+    indices, info = evaluate.choose_subset(config, train, tmp_path, write=False)
+    assert [train.paths[i].split("/")[-1] for i in indices] == listed
+    assert info == dict(source=str(tmp_path / "1percent.txt"), sha256=sha256_file(tmp_path / "1percent.txt"),
+                        images=3, generated=False)
+    (tmp_path / "1percent.txt").write_text("n00000001_0.JPEG\nn00000001_99.JPEG\n")
+    with pytest.raises(ValueError, match="1 of 2 listed images are not in .*n00000001/n00000001_99.JPEG"):
+        evaluate.choose_subset(config, train, tmp_path, write=False)
