@@ -112,3 +112,13 @@ def test_draft_decoding_keeps_every_crop_at_least_output_size(jpeg_path):
     # ...but one small crop keeps the full resolution.
     image, sx, sy = decode_for_crops(Image.open(jpeg_path), [(0, 0, 480, 640), (0, 0, 250, 250)], 200)
     assert image.size == (640, 480) and (sx, sy) == (1.0, 1.0)
+
+
+def test_reduced_scale_decode_gives_nearly_the_same_view(jpeg_path):
+    params = ViewParams(crop=(10, 20, 400, 600), flip=False, jitter=None, grayscale=False, blur_sigma=None,
+                        solarize=False)
+    reduced, sx, sy = decode_for_crops(Image.open(jpeg_path), [params.crop], 200)
+    assert sx == sy == 0.5
+    fast = to_uint8_tensor(render_view(reduced, params, sx, sy, 200)).float()
+    full = to_uint8_tensor(render_view(Image.open(jpeg_path).convert("RGB"), params, 1.0, 1.0, 200)).float()
+    assert (fast - full).abs().mean() < 2.0  # grey levels out of 255
