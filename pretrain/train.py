@@ -16,8 +16,11 @@ events in ``tensorboard/``, ``checkpoint.pth`` every --checkpoint-every steps an
 backbone in the official export format. OUT must be on storage every process sees (every process
 resumes from the same checkpoint; a mismatch is an error).
 
-Gradients are exact for any number of processes (see pretrain.barlow_twins); --official-grad-scaling
-reproduces the official code's 1/world_size gradient scale. Batch norm runs over the global batch
+Gradients are exact for any number of processes (see pretrain.barlow_twins): a run behaves like the
+official code on one GPU. The official code scales gradients by 1/world_size, so the paper's 32-GPU
+run had its biases and BN parameters (no LARS) at 1/32 of the nominal learning rate, and weight decay
+32x stronger relative to the gradient in the LARS update; --official-grad-scaling with 32 processes
+reproduces that run exactly. Batch norm runs over the global batch
 under DDP on GPU (SyncBatchNorm); SyncBatchNorm needs CUDA, so a multi-process CPU run (tests only)
 normalises the backbone and projector per process. A corrupt image stops the run with an error naming
 the file (see pretrain.data).
