@@ -20,10 +20,9 @@ Gradients are exact for any number of processes (see pretrain.barlow_twins): a r
 official code on one GPU. The official code scales gradients by 1/world_size, so the paper's 32-GPU
 run had its biases and BN parameters (no LARS) at 1/32 of the nominal learning rate, and weight decay
 32x stronger relative to the gradient in the LARS update; --official-grad-scaling with 32 processes
-reproduces that run exactly. Batch norm runs over the global batch
-under DDP on GPU (SyncBatchNorm); SyncBatchNorm needs CUDA, so a multi-process CPU run (tests only)
-normalises the backbone and projector per process. A corrupt image stops the run with an error naming
-the file (see pretrain.data).
+reproduces that scaling. Batch norm runs over the global batch under DDP on GPU (SyncBatchNorm);
+SyncBatchNorm needs CUDA, so a multi-process CPU run (tests only) normalises the backbone and
+projector per process. A corrupt image stops the run with an error naming the file (see pretrain.data).
 """
 import argparse
 import sys
