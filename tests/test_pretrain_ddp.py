@@ -1,5 +1,6 @@
-"""Exact gradients under DDP: two gloo processes with half the batch each give the loss and the
-gradients of one process on the whole batch; with official_grad_scaling the gradients are halved."""
+"""Exact gradients under DDP: two gloo processes with half the batch each give the loss, the
+gradients and the LARS step of one process on the whole batch; with official_grad_scaling the
+gradients are halved."""
 import os
 
 import pytest
@@ -10,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pretrain.barlow_twins import barlow_twins_loss
 from pretrain.distributed import cleanup, free_port, init_distributed
+from pretrain.lars import LARS, param_groups
 
 BATCH, IN_DIM, EMBED_DIM = 8, 6, 12
 CASES = [(form, official) for form in ("cross_correlation", "gram") for official in (False, True)]
@@ -35,11 +37,14 @@ def inputs():
     return x1, x1 + 0.3 * torch.randn(BATCH, IN_DIM, generator=gen, dtype=torch.float64)
 
 
-def loss_and_grads(model, x1, x2):
+def loss_grads_and_step(model, x1, x2):
+    """The loss, the gradients, and the parameters after one LARS step."""
     loss = model(x1, x2)
     loss.backward()
     inner = model.module if isinstance(model, DistributedDataParallel) else model
-    return loss.detach(), [p.grad.clone() for p in inner.parameters()]
+    grads = [p.grad.clone() for p in inner.parameters()]
+    LARS(param_groups(inner, weight_decay=1e-4), lr=0.5).step()
+    return loss.detach(), grads, [p.detach().clone() for p in inner.parameters()]
 
 
 def worker(rank, world_size, port, out_dir):
@@ -51,7 +56,7 @@ def worker(rank, world_size, port, out_dir):
         results = {}
         for form, official in CASES:
             model = DistributedDataParallel(TinyTwins(form, official).double())
-            results[f"{form}/{official}"] = loss_and_grads(model, x1, x2)
+            results[f"{form}/{official}"] = loss_grads_and_step(model, x1, x2)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         cleanup()
@@ -66,10 +71,13 @@ def ddp_results(tmp_path_factory):
 
 @pytest.mark.parametrize("form,official", CASES)
 def test_two_processes_match_one_process_on_the_whole_batch(ddp_results, form, official):
-    expected_loss, expected_grads = loss_and_grads(TinyTwins(form, False).double(), *inputs())
+    expected_loss, expected_grads, expected_params = loss_grads_and_step(TinyTwins(form, False).double(), *inputs())
     scale = 0.5 if official else 1.0
     for rank in ddp_results:
-        loss, grads = rank[f"{form}/{official}"]
+        loss, grads, params = rank[f"{form}/{official}"]
         torch.testing.assert_close(loss, expected_loss, rtol=1e-10, atol=0)
         for got, want in zip(grads, expected_grads, strict=True):
             torch.testing.assert_close(got, want * scale, rtol=1e-9, atol=1e-12)
+        if not official:  # the step of exact gradients is the single-process step
+            for got, want in zip(params, expected_params, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
