@@ -84,6 +84,10 @@ def resolve_config(config_file, opts=(), world_size=1, rescale=True):
             deviations.append(describe(protocol_schedule, schedule, world_size))
 
     cfg.merge_from_list(list(opts))
+    if rescale and cfg.SOLVER.REFERENCE_WORLD_SIZE:
+        # Detectron2's DefaultTrainer would scale a second time on top of the rule above.
+        raise ValueError("SOLVER.REFERENCE_WORLD_SIZE turns on Detectron2's own auto-scaling; with it, pass "
+                         "--no-rescale so the schedule is not scaled twice")
 
     sync_bn_keys = sorted(key for key, value in _flatten(cfg).items() if key.endswith(".NORM") and value == "SyncBN")
     if world_size == 1 and sync_bn_keys:

@@ -48,6 +48,10 @@ REAL_IMAGES = {"voc_2007_trainval": 5011, "voc_2012_trainval": 11540, "voc_2007_
                "coco_2017_train": 118287, "coco_2017_val": 5000}
 
 
+# COCO's object-size ranges by area in px^2 (pycocotools' areaRng), as the APs/APm/APl metrics use them.
+COCO_SIZE_RANGES = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))
+
+
 class TransferError(RuntimeError):
     """Anything that stops a transfer run; the message says what and where."""
 
@@ -114,6 +118,28 @@ def dataset_deviations(names):
     smaller = [f"{name} {count} images (real: {REAL_IMAGES[name]})"
                for name in names if (count := _images_in(name)) < REAL_IMAGES[name]]
     return [f"not the benchmark's data: {', '.join(smaller)}"] if smaller else []
+
+
+def check_size_ranges(names):
+    """COCO test sets must hold ground truth in every size range the record reports (APs/APm/APl).
+
+    COCOeval reports -1 for a range without ground truth (Detectron2: NaN), and a result record
+    holds numbers only: better to stop now than after training. Only sets with a COCO json apply.
+    """
+    import json
+
+    from detectron2.data import MetadataCatalog
+
+    for name in names:
+        json_file = MetadataCatalog.get(name).get("json_file")
+        if MetadataCatalog.get(name).get("evaluator_type") != "coco" or not json_file:
+            continue
+        areas = [a["area"] for a in json.loads(Path(json_file).read_text())["annotations"] if not a.get("iscrowd")]
+        empty = [label for label, low, high in COCO_SIZE_RANGES if not any(low <= area < high for area in areas)]
+        if empty:
+            raise TransferError(
+                f"{name} ({json_file}) has no ground-truth objects of {' or '.join(empty)} size, so COCO's AP for "
+                "that range is undefined; use a test set with objects of every size (generated data: --size 256)")
 
 
 def config_dict(cfg):
@@ -193,9 +219,13 @@ def run(args):
     if args.num_machines > 1 and args.dist_url == "auto":
         raise TransferError("--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0, the same on every machine")
     root = use_datasets_root(args.datasets_root)
-    protocol = resolve_args(argument_parser().parse_args(train_net_argv(args, args.seeds[0], args.weights, False))).cfg
+    try:
+        protocol = resolve_args(argument_parser().parse_args(train_net_argv(args, args.seeds[0], args.weights, False))).cfg
+    except (AssertionError, KeyError, ValueError) as e:  # yacs: unknown key, wrong type; the scaling rule
+        raise TransferError(f"config {CONFIGS[args.task].name} with these options: {e}") from None
     names = list(dict.fromkeys(protocol.DATASETS.TRAIN + protocol.DATASETS.TEST))
     check_datasets(names)
+    check_size_ranges(protocol.DATASETS.TEST)
     weights_pkl = prepare_weights(args.weights, args.out)
     weights = {"path": str(args.weights), "sha256": sha256_file(args.weights), "label": args.label or args.weights.name}
     deviations = dataset_deviations(names)

@@ -172,3 +172,17 @@ def test_res5_output_passes_through_the_extra_norm(voc_model):
     assert feature.shape == (2, 2048, 7, 7)
     torch.testing.assert_close(feature, by_hand, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(feature, before, atol=1e-2)  # the norm is not a no-op here
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_more_than_one_process_without_cuda_is_refused():
+    from bt_transfer.train_net import argument_parser, world_size_of
+
+    assert world_size_of(argument_parser().parse_args(["--num-gpus", "1"])) == 1  # `make` passes GPUS=1 on CPU
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        world_size_of(argument_parser().parse_args(["--num-gpus", "2"]))
+
+
+def test_detectron2_auto_scaling_and_ours_do_not_stack():
+    with pytest.raises(ValueError, match="--no-rescale"):
+        resolve_config(CONFIGS["voc"], ["SOLVER.REFERENCE_WORLD_SIZE", "8"], world_size=1)

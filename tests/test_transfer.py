@@ -241,3 +241,16 @@ def test_mask_rcnn_on_coco(weights, coco_root, tmp_path):
     assert all(math.isfinite(v) for v in record["metrics"].values())
     assert (tmp_path / "seed1" / "inference" / "coco_instances_results.json").is_file()
     assert "SOLVER.MAX_ITER: 4 (protocol: 90000)" in record["protocol"]["deviations"]
+
+
+def test_coco_test_set_without_large_objects_stops_before_training(weights, generated_data, tmp_path):
+    """128 px images hold no object over 96x96 px: APl would be undefined, so the run does not start."""
+    with pytest.raises(SystemExit, match="coco_2017_val .* no ground-truth objects of large size"):
+        transfer.main(transfer_args("coco", weights, generated_data, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_override_stops_before_training(weights, voc_root, tmp_path):
+    with pytest.raises(SystemExit, match="SOLVER.NO_SUCH_KEY"):
+        transfer.main(transfer_args("voc", weights, voc_root, tmp_path / "out", "SOLVER.NO_SUCH_KEY", "1"))
+    assert not (tmp_path / "out").exists()
