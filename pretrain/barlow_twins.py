@@ -48,11 +48,12 @@ def _global_sum(tensor):
     return collectives.all_reduce(tensor, "sum", dist.group.WORLD) if _world_size() > 1 else tensor
 
 
-def _global_batch_norm(z, global_batch, eps):
-    """Standardise each column of ``z`` with the mean and biased variance of the global batch."""
-    mean = _global_sum(z.sum(dim=0)) / global_batch
-    centred = z - mean
-    var = _global_sum(centred.square().sum(dim=0)) / global_batch
+def _global_batch_norm(views, global_batch, eps):
+    """Standardise each column of each view (``views``: 2 x N x D) with the mean and biased variance
+    of the global batch; both views share each collective."""
+    mean = _global_sum(views.sum(dim=1, keepdim=True)) / global_batch
+    centred = views - mean
+    var = _global_sum(centred.square().sum(dim=1, keepdim=True)) / global_batch
     return centred * torch.rsqrt(var + eps)
 
 
@@ -61,24 +62,22 @@ def choose_form(global_batch, dim):
     return "gram" if GRAM_CROSSOVER * global_batch <= dim else "cross_correlation"
 
 
-def _loss_cross_correlation(z1n, z2n, global_batch, lambd):
-    c = _global_sum(z1n.T @ z2n) / global_batch
+def _loss_cross_correlation(views, global_batch, lambd):
+    c = _global_sum(views[0].T @ views[1]) / global_batch
     diag = torch.diagonal(c)
     on_diag = (1 - diag).square().sum()
     off_diag = c.square().sum() - diag.square().sum()
     return on_diag + lambd * off_diag
 
 
-def _loss_gram(z1n, z2n, global_batch, lambd):
-    diag = _global_sum((z1n * z2n).sum(dim=0)) / global_batch
-    if _world_size() > 1:
-        z1_all = collectives.all_gather_single_autograd(z1n, 0, dist.group.WORLD)
-        z2_all = collectives.all_gather_single_autograd(z2n, 0, dist.group.WORLD)
-    else:
-        z1_all, z2_all = z1n, z2n
+def _loss_gram(views, global_batch, lambd):
+    everyone = collectives.all_gather_single_autograd(views, 1, dist.group.WORLD) if _world_size() > 1 else views
     # This process's rows of the two Gram matrices; their elementwise product summed over all
-    # processes is N^2 ||C||_F^2.
-    frobenius_sq = _global_sum(((z1n @ z1_all.T) * (z2n @ z2_all.T)).sum()) / global_batch**2
+    # processes is N^2 ||C||_F^2. One all-reduce carries it with this process's part of diag(C).
+    gram_rows = torch.bmm(views, everyone.transpose(1, 2))
+    local = torch.cat([(views[0] * views[1]).sum(dim=0), (gram_rows[0] * gram_rows[1]).sum().view(1)])
+    total = _global_sum(local)
+    diag, frobenius_sq = total[:-1] / global_batch, total[-1] / global_batch**2
     on_diag = (1 - diag).square().sum()
     off_diag = frobenius_sq - diag.square().sum()
     return on_diag + lambd * off_diag
@@ -104,10 +103,9 @@ def barlow_twins_loss(z1, z2, lambd=0.0051, form="auto", eps=BN_EPS, official_gr
         form = choose_form(global_batch, dim)
     dtype = torch.promote_types(z1.dtype, torch.float32)
     with torch.autocast(z1.device.type, enabled=False):
-        z1n = _global_batch_norm(z1.to(dtype), global_batch, eps)
-        z2n = _global_batch_norm(z2.to(dtype), global_batch, eps)
+        views = _global_batch_norm(torch.stack((z1, z2)).to(dtype), global_batch, eps)
         compute = _loss_gram if form == "gram" else _loss_cross_correlation
-        loss = compute(z1n, z2n, global_batch, lambd)
+        loss = compute(views, global_batch, lambd)
     if official_grad_scaling and world_size > 1:
         # Same value, gradient times 1/world_size: what the official all-reduce outside autograd gives.
         loss = loss / world_size + loss.detach() * (1 - 1 / world_size)
