@@ -12,12 +12,12 @@ anything else is allowed but recorded in ``result.json`` as a deviation. The run
 exact whatever the number of processes.
 """
 import argparse
+import copy
 import hashlib
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from bt_transfer.fileio import atomic_write, sha256_file, write_json
 from bt_transfer.progress import MetricsLog, Progress
 from bt_transfer.results import make_record, write_result
 from pretrain import eval_protocol, subsets
-from pretrain.data import CorruptImageError, DataError, scan_image_folder
+from pretrain.data import CorruptImageError, DataError, sample_seed, scan_image_folder
 from pretrain.distributed import cleanup, init_distributed
 
 FC_KEYS = ("fc.weight", "fc.bias")
@@ -54,7 +54,7 @@ def parse_args(argv=None):
                              "or the official release)")
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder root with train/ and val/")
     parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds checkpoint.pth)")
-    parser.add_argument("--label", help="how the report names the backbone (default: the weights' folder name)")
+    parser.add_argument("--label", help="how the report names the backbone (default: the weights file name)")
     parser.add_argument("--epochs", type=int, help="default 100 linear, 20 semisup")
     parser.add_argument("--batch-size", type=int, help="global batch over all processes (default 256)")
     parser.add_argument("--lr-classifier", type=float, help="default 0.3 linear, 0.5 semisup")
@@ -81,7 +81,7 @@ def parse_args(argv=None):
         parser.error(str(e))
     if config["mode"] == "linear":
         config["subset_seed"] = None
-    config["label"] = config["label"] or args.weights.resolve().parent.name or args.weights.stem
+    config["label"] = config["label"] or args.weights.name  # as bt_transfer.transfer names them
     return config
 
 
@@ -145,33 +145,58 @@ def assert_backbone_unchanged(model, path):
 
 
 class LabelledImages(torch.utils.data.Dataset):
-    """``(image, class index)`` pairs of an ImageFolder split, checked by ``pretrain.data.scan_image_folder``."""
+    """``(image, class index)`` pairs of an ImageFolder split, checked by ``pretrain.data.scan_image_folder``.
 
-    def __init__(self, root, transform):
-        self.root, self.transform = Path(root), transform
+    A key ``(epoch, i)`` draws the random augmentation of image ``i`` from its own seed, so a run's
+    crops depend neither on the number of processes or workers nor on where a resumed run restarted;
+    a plain index ``i`` is for the deterministic validation transform.
+    """
+
+    def __init__(self, root, transform, seed=0):
+        self.root, self.transform, self.seed = Path(root), transform, seed
         self.paths, self.classes = scan_image_folder(root)
         self.files = [Path(path).relative_to(self.root).as_posix() for path in self.paths]
         index = {name: i for i, name in enumerate(self.classes)}
         self.targets = [index[file.split("/", 1)[0]] for file in self.files]
 
+    def select(self, indices):
+        """The same split restricted to ``indices`` (a semi-supervised subset)."""
+        chosen = copy.copy(self)
+        chosen.paths, chosen.files, chosen.targets = ([items[i] for i in indices]
+                                                      for items in (self.paths, self.files, self.targets))
+        return chosen
+
     def __len__(self):
         return len(self.paths)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         try:
             with Image.open(self.paths[i]) as image:
-                return self.transform(image.convert("RGB")), self.targets[i]
+                image = image.convert("RGB")
         except (OSError, SyntaxError, Image.DecompressionBombError) as error:
             raise CorruptImageError(f"{self.paths[i]}: cannot decode this image ({error}); fix or remove it "
                                     f"and restart (the run resumes from its last epoch)") from error
+        if epoch is None:
+            return self.transform(image), self.targets[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, i))
+            return self.transform(image), self.targets[i]
 
 
-def image_folders(root, image_size, val_resize):
+class EpochKeySampler(torch.utils.data.DistributedSampler):
+    """This process's share of the epoch's shuffled indices, as ``(epoch, index)`` keys."""
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in super().__iter__())
+
+
+def image_folders(root, image_size, val_resize, seed):
     """The train and val splits with the protocol's augmentation (random crop + flip / resize + centre crop)."""
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train = LabelledImages(Path(root) / "train", transforms.Compose([
         transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), normalize]))
+        transforms.ToTensor(), normalize]), seed=seed)
     val = LabelledImages(Path(root) / "val", transforms.Compose([
         transforms.Resize(val_resize), transforms.CenterCrop(image_size), transforms.ToTensor(), normalize]))
     if train.classes != val.classes:
@@ -197,11 +222,6 @@ def choose_subset(config, train, out, write):
     indices = subsets.subset_indices(files, chosen, source, train.root)
     info = dict(source=str(source), sha256=digest, images=len(indices), generated=config["subset_file"] is None)
     return indices, info
-
-
-def epoch_seed(seed, epoch, rank):
-    """Augmentation seed per (run seed, epoch, process): a resumed epoch draws the same crops."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 def train_one_epoch(model, loader, optimizer, progress, step, device, train_backbone):
@@ -270,14 +290,14 @@ def run(config):
     if config["batch_size"] % info.world_size:
         raise ValueError(f"--batch-size {config['batch_size']} is not divisible by the {info.world_size} processes")
 
-    train_set, val_set = image_folders(config["data"], config["image_size"], config["val_resize"])
+    train_set, val_set = image_folders(config["data"], config["image_size"], config["val_resize"], config["seed"])
     facts = dict(classes=len(train_set.classes), train_images=len(train_set), val_images=len(val_set))
     torch.manual_seed(config["seed"])
     model = load_backbone(config["weights"], num_classes=len(train_set.classes))
     subset = None
     if config["mode"] == "semisup":
         indices, subset = choose_subset(config, train_set, out, write=info.is_main)
-        train_set = torch.utils.data.Subset(train_set, indices)
+        train_set = train_set.select(indices)
     config = dict(config, weights_sha256=sha256_file(config["weights"]),
                   subset_sha256=subset and subset["sha256"], world_size=info.world_size)
 
@@ -302,8 +322,10 @@ def run(config):
         start_epoch, best, last = checkpoint["epoch"], checkpoint["best"], checkpoint["last"]
     trained = nn.parallel.DistributedDataParallel(model) if info.distributed else model
 
-    train_sampler = torch.utils.data.DistributedSampler(
-        train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config["seed"])
+    # Each process takes every world_size-th index of one shared permutation: the global batches, and
+    # (with per-image seeds) every crop in them, are those of a single process with the whole batch.
+    train_sampler = EpochKeySampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                    seed=config["seed"])
     loader_args = dict(batch_size=config["batch_size"] // info.world_size, num_workers=config["workers"],
                        pin_memory=device.type == "cuda", persistent_workers=config["workers"] > 0)
     train_loader = torch.utils.data.DataLoader(train_set, sampler=train_sampler, **loader_args)
@@ -325,7 +347,6 @@ def run(config):
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * scale
         train_sampler.set_epoch(epoch)
-        torch.manual_seed(epoch_seed(config["seed"], epoch, info.rank))
         loss, images_per_s, step = train_one_epoch(trained, train_loader, optimizer, progress, step, device,
                                                    train_backbone=not linear)
         top1, top5 = evaluate(trained, val_loader, device, len(val_set.classes))

@@ -3,9 +3,11 @@
 Runs use the generated ImageFolder (10 classes, 26 train / 10 val images each) at 32-48 px on CPU.
 """
 import json
+import os
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torchvision import models, transforms
 
@@ -13,6 +15,7 @@ from bt_transfer.fileio import sha256_file
 from bt_transfer.progress import read_metrics
 from bt_transfer.results import load_result
 from pretrain import eval_protocol, evaluate
+from pretrain.distributed import free_port
 from pretrain.evaluate import IMAGENET_MEAN, IMAGENET_STD, LabelledImages, WeightsError, load_backbone
 
 CHANCE_TOP1 = 10.0  # 10 generated classes
@@ -39,7 +42,7 @@ def seen_backbone(generated_data, tmp_path_factory):
     to_tensor = transforms.Compose([transforms.Resize(48), transforms.ToTensor(),
                                     transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     train = LabelledImages(generated_data / "imagenet" / "train", to_tensor)
-    images = torch.stack([train[i][0] for i in range(len(train))])
+    images = torch.stack([train[i][0] for i in range(len(train))])  # plain indices: no random augmentation
     labels = torch.tensor(train.targets)
     model = models.resnet50(num_classes=len(train.classes), zero_init_residual=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
@@ -171,15 +174,22 @@ def test_a_moved_backbone_tensor_fails_the_frozen_check(plain_weights):
 
 # --- runs -----------------------------------------------------------------------------------------------
 
-def test_linear_probe_learns_and_leaves_the_backbone_bit_identical(seen_backbone, generated_data, tmp_path):
-    out = tmp_path / "linear"
-    record = run(seen_backbone, generated_data, out, "--mode", "linear", "--epochs", 2, "--batch-size", 32,
-                 "--image-size", 48, "--label", "seen")
+LINEAR = ["--mode", "linear", "--epochs", 2, "--batch-size", 32, "--image-size", 48, "--label", "seen"]
+
+
+@pytest.fixture(scope="module")
+def linear_run(seen_backbone, generated_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("linear")
+    return out, run(seen_backbone, generated_data, out, *LINEAR)
+
+
+def test_linear_probe_learns_and_leaves_the_backbone_bit_identical(linear_run, seen_backbone):
+    out, record = linear_run
     # The learning signal: a clear margin over chance (10 classes, 100 val images).
     assert record["metrics"]["top1"] >= 3 * CHANCE_TOP1, record["metrics"]
     assert record["metrics"]["top5"] >= record["metrics"]["top1"]
 
-    # Every backbone parameter and BatchNorm buffer is bit-identical to the file; the head was trained.
+    # Every backbone parameter and BatchNorm buffer is bit-identical to the file.
     trained = torch.load(out / "checkpoint.pth", weights_only=True)["model"]
     reference = torch.load(seen_backbone, weights_only=True)
     assert set(trained) - set(reference) == {"fc.weight", "fc.bias"}
@@ -195,6 +205,29 @@ def test_linear_probe_learns_and_leaves_the_backbone_bit_identical(seen_backbone
     assert {"loss", "lr", "top1", "top5", "images_per_s"} <= set(epochs[-1])
     assert epochs[0]["lr"] == 0.3 and epochs[1]["lr"] == pytest.approx(0.15)
     assert json.loads((out / "args.json").read_text())["mode"] == "linear"
+
+
+def ddp_worker(rank, port, argv):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    evaluate.main(argv)
+
+
+def test_two_processes_train_the_classifier_one_process_trains(linear_run, seen_backbone, generated_data, tmp_path):
+    """Half the global batch per process, the same per-image crops: the same classifier, and validation
+    sharded over the processes counts every image once."""
+    out, single = linear_run
+    argv = ["--weights", str(seen_backbone), "--data", str(generated_data / "imagenet"), "--out", str(tmp_path),
+            "--workers", "0", *map(str, LINEAR)]
+    mp.spawn(ddp_worker, args=(free_port(), argv), nprocs=2, join=True)
+    one = torch.load(out / "checkpoint.pth", weights_only=True)["model"]
+    two = torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
+    for key in ("fc.weight", "fc.bias"):
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    double = load_result(tmp_path / "result.json")
+    assert double["world_size"] == 2
+    assert double["metrics"] == pytest.approx(single["metrics"], abs=1.0)  # at most one of 100 images flips
 
 
 class Interrupted(Exception):
