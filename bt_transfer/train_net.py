@@ -89,7 +89,8 @@ def resolve_config(config_file, opts=(), world_size=1, rescale=True):
         raise ValueError("SOLVER.REFERENCE_WORLD_SIZE turns on Detectron2's own auto-scaling; with it, pass "
                          "--no-rescale so the schedule is not scaled twice")
 
-    sync_bn_keys = sorted(key for key, value in _flatten(cfg).items() if key.endswith(".NORM") and value == "SyncBN")
+    sync_bn_keys = sorted(key for key, value in _flatten(cfg).items()
+                          if key.endswith(".NORM") and value == "SyncBN")
     if world_size == 1 and sync_bn_keys:
         # On one process SyncBN has nothing to sync with (Detectron2 raises "Default process group
         # has not been initialized"); plain BN over the same images computes the same statistics.
@@ -99,7 +100,8 @@ def resolve_config(config_file, opts=(), world_size=1, rescale=True):
         if cfg.SOLVER.IMS_PER_BATCH != protocol["SOLVER.IMS_PER_BATCH"]:
             deviations.append(
                 f"plain BN on one process ({', '.join(sync_bn_keys)}): batch statistics over "
-                f"{cfg.SOLVER.IMS_PER_BATCH} images instead of SyncBN over the protocol's {protocol['SOLVER.IMS_PER_BATCH']}"
+                f"{cfg.SOLVER.IMS_PER_BATCH} images instead of SyncBN over the protocol's "
+                f"{protocol['SOLVER.IMS_PER_BATCH']}"
             )
 
     for key, value in _flatten(cfg).items():
@@ -164,7 +166,8 @@ class Trainer(DefaultTrainer):
             return super().resume_or_load(resume=True)
         model = self.model.module if hasattr(self.model, "module") else self.model
         from_scratch = load_backbone_weights(model, self.cfg.MODEL.WEIGHTS)
-        logger.info("initialised from %s except (trained from scratch): %s", self.cfg.MODEL.WEIGHTS, ", ".join(from_scratch))
+        logger.info("initialised from %s except (trained from scratch): %s",
+                    self.cfg.MODEL.WEIGHTS, ", ".join(from_scratch))
         self.start_iter = 0
 
 

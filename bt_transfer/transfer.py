@@ -18,6 +18,7 @@ Supervised baseline (the paper's "Sup." row): pass torchvision's ImageNet ResNet
 it goes through the same converter.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -57,10 +58,12 @@ class TransferError(RuntimeError):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bt_transfer.transfer", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bt_transfer.transfer", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=CONFIGS, help="voc: Faster R-CNN on VOC07+12; coco: Mask R-CNN on COCO 2017")
-    parser.add_argument("--weights", required=True, type=Path, help="ResNet-50 checkpoint (any format bt_transfer.convert reads) or a converted .pkl")
+    parser.add_argument("--weights", required=True, type=Path,
+                        help="ResNet-50 checkpoint (any format bt_transfer.convert reads) or a converted .pkl")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one training per seed (default: 1)")
     parser.add_argument("--out", required=True, type=Path, help="output folder; seed S goes to OUT/seed<S>/")
     parser.add_argument("--label", help="how the report names these weights (default: the weights file name)")
@@ -69,8 +72,10 @@ def parse_args(argv=None):
     parser.add_argument("--machine-rank", type=int, default=0)
     parser.add_argument("--dist-url", default="auto", help="rendezvous of a multi-machine run (tcp://HOST:PORT)")
     parser.add_argument("--no-rescale", action="store_true", help="no linear scaling rule on fewer than 8 GPUs")
-    parser.add_argument("--datasets-root", type=Path, help="datasets root (default: $DETECTRON2_DATASETS, else ./datasets)")
-    parser.add_argument("--smoke", action="store_true", help="CPU-sized run (small images and ROI batch, 4 iterations); recorded as deviations")
+    parser.add_argument("--datasets-root", type=Path,
+                        help="datasets root (default: $DETECTRON2_DATASETS, else ./datasets)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CPU-sized run (small images and ROI batch, 4 iterations); recorded as deviations")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="trailing Detectron2 KEY VALUE overrides")
     return parser.parse_args(argv)
 
@@ -126,7 +131,6 @@ def check_size_ranges(names):
     COCOeval reports -1 for a range without ground truth (Detectron2: NaN), and a result record
     holds numbers only: better to stop now than after training. Only sets with a COCO json apply.
     """
-    import json
 
     from detectron2.data import MetadataCatalog
 
@@ -217,10 +221,12 @@ def run(args):
     missing weights or weights the converter rejects.
     """
     if args.num_machines > 1 and args.dist_url == "auto":
-        raise TransferError("--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0, the same on every machine")
+        raise TransferError("--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0, "
+                            "the same on every machine")
     root = use_datasets_root(args.datasets_root)
+    first = argument_parser().parse_args(train_net_argv(args, args.seeds[0], args.weights, resume=False))
     try:
-        protocol = resolve_args(argument_parser().parse_args(train_net_argv(args, args.seeds[0], args.weights, False))).cfg
+        protocol = resolve_args(first).cfg
     except (AssertionError, KeyError, ValueError) as e:  # yacs: unknown key, wrong type; the scaling rule
         raise TransferError(f"config {CONFIGS[args.task].name} with these options: {e}") from None
     names = list(dict.fromkeys(protocol.DATASETS.TRAIN + protocol.DATASETS.TEST))

@@ -81,7 +81,8 @@ def test_protocol_on_8_gpus_has_no_deviation(protocol_configs, task):
 
 
 def test_one_process_uses_plain_bn_and_records_every_change():
-    resolved = resolve_config(CONFIGS["voc"], ["SOLVER.MAX_ITER", "4", "OUTPUT_DIR", "/tmp/x", "SEED", "3"], world_size=1)
+    opts = ["SOLVER.MAX_ITER", "4", "OUTPUT_DIR", "/tmp/x", "SEED", "3"]
+    resolved = resolve_config(CONFIGS["voc"], opts, world_size=1)
     cfg, deviations = resolved.cfg, resolved.deviations
     assert cfg.MODEL.RESNETS.NORM == "BN"  # backbone and the res5 head, its extra norm included
     assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (2, 0.1 / 8)
@@ -93,7 +94,8 @@ def test_one_process_uses_plain_bn_and_records_every_change():
 
 def test_no_rescale_keeps_the_protocol_schedule():
     resolved = resolve_config(CONFIGS["coco"], world_size=2, rescale=False)
-    assert (resolved.cfg.SOLVER.IMS_PER_BATCH, resolved.cfg.SOLVER.BASE_LR, resolved.cfg.SOLVER.MAX_ITER) == (16, 0.03, 90000)
+    solver = resolved.cfg.SOLVER
+    assert (solver.IMS_PER_BATCH, solver.BASE_LR, solver.MAX_ITER) == (16, 0.03, 90000)
     assert resolved.cfg.MODEL.RESNETS.NORM == "SyncBN" and resolved.deviations == ()
 
 
@@ -110,7 +112,8 @@ def test_linear_scaling_rule(gpus, expected):
     scaled = linear_scaling(VOC_SCHEDULE, gpus)
     assert scaled.ims_per_batch == expected.ims_per_batch
     assert scaled.base_lr == pytest.approx(expected.base_lr, rel=1e-12)
-    assert (scaled.max_iter, scaled.steps, scaled.warmup_iters) == (expected.max_iter, expected.steps, expected.warmup_iters)
+    assert scaled.max_iter == expected.max_iter
+    assert (scaled.steps, scaled.warmup_iters) == (expected.steps, expected.warmup_iters)
     # The invariants the rule exists for: images seen and LR per image stay the protocol's.
     assert scaled.max_iter * scaled.ims_per_batch == VOC_SCHEDULE.max_iter * VOC_SCHEDULE.ims_per_batch
     assert scaled.base_lr / scaled.ims_per_batch == pytest.approx(VOC_SCHEDULE.base_lr / VOC_SCHEDULE.ims_per_batch)
