@@ -23,8 +23,9 @@ from bt_transfer.fileio import sha256_file, sha256_json
 from bt_transfer.results import METRIC_KEYS, load_result
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO's object-size ranges
-# On CPU, inference time goes into res5 and the mask head run on every proposal and detection.
-FEWER_BOXES = ("MODEL.RPN.POST_NMS_TOPK_TEST", "20", "TEST.DETECTIONS_PER_IMAGE", "20")
+# On top of --smoke: two iterations, and fewer boxes at test time (on CPU, inference time goes into
+# res5 and the mask head, run on every proposal and detection).
+TEST_OPTS = ("SOLVER.MAX_ITER", "2", "MODEL.RPN.POST_NMS_TOPK_TEST", "20", "TEST.DETECTIONS_PER_IMAGE", "20")
 
 
 def random_resnet50(path, arch="resnet50"):
@@ -94,19 +95,19 @@ def voc_root(generated_data, tmp_path_factory):
 
 def transfer_args(task, weights, root, out, *opts):
     return [task, "--weights", str(weights), "--seeds", "1", "--num-gpus", "0", "--out", str(out),
-            "--datasets-root", str(root), "--smoke", "--label", "random init", "--opts", *FEWER_BOXES, *opts]
+            "--datasets-root", str(root), "--smoke", "--label", "random init", "--opts", *TEST_OPTS, *opts]
 
 
 def kill_after_first_checkpoint(argv, folder, log, timeout=300):
-    """Run the transfer CLI and SIGKILL it (and its training process) once iteration 1 is saved."""
+    """Run the transfer CLI and SIGKILL it (and its training process) once iteration 0 is saved."""
     with open(log, "wb") as output:
         process = subprocess.Popen([sys.executable, "-m", "bt_transfer.transfer", *argv], start_new_session=True,
                                    stdout=output, stderr=subprocess.STDOUT)
     marker, deadline = folder / "last_checkpoint", time.monotonic() + timeout
     try:
-        while not (marker.is_file() and marker.read_text().strip() == "model_0000001.pth"):
+        while not (marker.is_file() and marker.read_text().strip() == "model_0000000.pth"):
             assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"no checkpoint of iteration 1 in {timeout} s"
+            assert time.monotonic() < deadline, f"no checkpoint of iteration 0 in {timeout} s"
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
@@ -117,7 +118,7 @@ def kill_after_first_checkpoint(argv, folder, log, timeout=300):
 def voc_run(weights, voc_root, tmp_path_factory):
     """One VOC run, killed after its first checkpoint and resumed by rerunning the same command."""
     out = tmp_path_factory.mktemp("transfer-voc")
-    argv = transfer_args("voc", weights, voc_root, out, "SOLVER.CHECKPOINT_PERIOD", "2")
+    argv = transfer_args("voc", weights, voc_root, out, "SOLVER.CHECKPOINT_PERIOD", "1")
     kill_after_first_checkpoint(argv, out / "seed1", out / "killed-run.log")
     assert not (out / "seed1" / "result.json").exists()
     transfer.main(argv)
@@ -139,7 +140,7 @@ def test_voc_result_record(voc_run, weights):
     assert deviations[0].startswith(
         "linear scaling rule for 1 GPU(s) x 2 images: batch 2 (protocol 16), BASE_LR 0.0125 (0.1)")
     assert deviations[1].startswith("plain BN on one process")
-    for expected in ("SOLVER.MAX_ITER: 4 (protocol: 24000)", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE: 32 (protocol: 512)",
+    for expected in ("SOLVER.MAX_ITER: 2 (protocol: 24000)", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE: 32 (protocol: 512)",
                      "INPUT.MIN_SIZE_TEST: 128 (protocol: 800)"):
         assert expected in deviations
     assert deviations[-1] == ("not the benchmark's data: voc_2007_trainval 60 images (real: 5011), "
@@ -150,11 +151,11 @@ def test_voc_run_resumed_from_its_last_checkpoint(voc_run):
     _, folder = voc_run
     starts = [line.rsplit(" ", 1)[-1] for line in (folder / "log.txt").read_text().splitlines()
               if "Starting training from iteration" in line]
-    assert starts == ["0", "2"]  # the killed run, then the resumed one: iterations 2 and 3 only
+    assert starts == ["0", "1"]  # the killed run, then the resumed one: iteration 1 only
     assert load_result(folder / "result.json")["extra"]["resumed"] is True
     records = [json.loads(line) for line in (folder / "metrics.json").read_text().splitlines()]
     training = [r for r in records if "total_loss" in r]
-    assert [r["iteration"] for r in training] == [3]
+    assert [r["iteration"] for r in training] == [1]
     assert all(math.isfinite(r[k]) for r in training for k in r if k.startswith("loss") or k == "total_loss")
     assert training[0]["memory_gb"] > 0
 
@@ -167,7 +168,7 @@ def test_checkpoint_reloads_strictly_with_the_trained_weights(voc_run):
 
     _, folder = voc_run
     checkpoint = torch.load(folder / "model_final.pth", map_location="cpu", weights_only=True)
-    assert checkpoint["iteration"] == 3
+    assert checkpoint["iteration"] == 1
     cfg = train_net.resolve_config(transfer.CONFIGS["voc"], ["MODEL.DEVICE", "cpu"], world_size=1).cfg
     model = build_model(cfg)
     model.load_state_dict(checkpoint["model"], strict=True)  # every tensor, nothing left over
@@ -183,7 +184,7 @@ def test_checkpoint_reloads_and_evaluates_to_the_recorded_ap(voc_run, voc_root, 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(voc_root))
     args = train_net.argument_parser().parse_args([
         "--config-file", str(transfer.CONFIGS["voc"]), "--num-gpus", "0", "--eval-only",
-        *transfer.SMOKE_OPTS, *FEWER_BOXES,
+        *transfer.SMOKE_OPTS, *TEST_OPTS,
         "MODEL.WEIGHTS", str(folder / "model_final.pth"), "OUTPUT_DIR", str(tmp_path)])
     results = train_net.main(args)
     recorded = load_result(folder / "result.json")["metrics"]
@@ -244,7 +245,7 @@ def test_mask_rcnn_on_coco(weights, coco_root, tmp_path):
     assert set(METRIC_KEYS["coco"]) <= set(record["metrics"])  # bbox and segm AP, AP50, AP75, APs/m/l
     assert all(math.isfinite(v) for v in record["metrics"].values())
     assert (tmp_path / "seed1" / "inference" / "coco_instances_results.json").is_file()
-    assert "SOLVER.MAX_ITER: 4 (protocol: 90000)" in record["protocol"]["deviations"]
+    assert "SOLVER.MAX_ITER: 2 (protocol: 90000)" in record["protocol"]["deviations"]
 
 
 def test_coco_test_set_without_large_objects_stops_before_training(weights, generated_data, tmp_path):
