@@ -11,6 +11,7 @@ short Faster/Mask R-CNN run beats chance measurably while the files stay tiny.
     out/VOC2007/{JPEGImages,Annotations,ImageSets/Main}/       trainval [60], test [30], 20 VOC classes
     out/VOC2012/{JPEGImages,Annotations,ImageSets/Main}/       trainval [60]
     out/coco/{train2017,val2017}/, annotations/instances_{train,val}2017.json  [60, 30]
+                                                               (every 5th a close-up on a 2x canvas)
     out/synthetic.json                                         what was generated (seed, size, counts)
 
 The tree is built in a hidden sibling folder and renamed into place, so an interrupted
@@ -33,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from bt_transfer.fileio import write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: COCO close-ups, so every COCO area range has ground truth
 MANIFEST = "synthetic.json"
 
 VOC_CLASSES = (
@@ -74,6 +75,7 @@ IMAGENET_CLASSES = 10
 IMAGENET_PER_CLASS = {"train": 26, "val": 10}
 VOC_SPLITS = {"VOC2007": {"trainval": 60, "test": 30}, "VOC2012": {"trainval": 60}}
 COCO_SPLITS = {"train2017": 60, "val2017": 30}
+CLOSEUP_EVERY = 5
 
 
 def _regular(n, phase=-math.pi / 2, rx=1.0, ry=1.0):
@@ -172,7 +174,7 @@ def _rasterize(polygon, height, width, margin=0):
 SMALL_FRACTION = 0.12  # share of instances drawn small; VOC marks them difficult
 
 
-def _render(rng, height, width, styles, wanted, allow_truncation):
+def _render(rng, height, width, styles, wanted, allow_truncation, scale_range=(0.25, 0.6)):
     """Draw the ``wanted`` (label, small) instances without overlap on a fresh background.
 
     Returns the image, one record per drawn instance (class index, polygon, pixel mask, whether
@@ -185,7 +187,7 @@ def _render(rng, height, width, styles, wanted, allow_truncation):
     objects, no_room, taken = [], [], np.zeros((height, width), dtype=bool)
     for label, small in wanted:
         for _attempt in range(30):
-            scale = rng.uniform(0.12, 0.18) if small else rng.uniform(0.25, 0.6)
+            scale = rng.uniform(0.12, 0.18) if small else rng.uniform(*scale_range)
             side = max(8.0, min(height, width) * scale)
             inside = not (allow_truncation and rng.random() < 0.1)
             polygon = _polygon(styles[label], rng, height, width, side, inside)
@@ -229,10 +231,10 @@ class _ClassQueue:
         self.queue = list(instances) + self.queue
 
 
-def _render_scene(rng, queue, height, width, styles, allow_truncation):
-    """An image of 1-3 instances dealt from ``queue``."""
-    image, objects, no_room = _render(rng, height, width, styles, queue.take(int(rng.integers(1, 4))),
-                                      allow_truncation)
+def _render_scene(rng, queue, height, width, styles, allow_truncation, closeup=False):
+    """An image of 1-3 instances dealt from ``queue``, or of one instance filling most of it (a close-up)."""
+    count, scale_range = (1, (0.6, 0.7)) if closeup else (int(rng.integers(1, 4)), (0.25, 0.6))
+    image, objects, no_room = _render(rng, height, width, styles, queue.take(count), allow_truncation, scale_range)
     queue.put_back(no_room)
     return image, objects
 
@@ -322,9 +324,14 @@ def write_coco(root, rng, size):
     counts, next_image, next_annotation = {}, 1, 1
     for split, count in COCO_SPLITS.items():
         images, annotations, queue = [], [], _ClassQueue(rng, len(COCO_USED_IDS))
-        for _ in range(count):
-            height, width = _image_size(rng, size)
-            image, objects = _render_scene(rng, queue, height, width, COCO_STYLES, False)
+        for index in range(count):
+            # COCO reports AP for small, medium and large objects (area above 96^2 px in the
+            # image's own pixels); at ~128 px no object reaches that, and APl would be undefined.
+            # Every CLOSEUP_EVERY-th image is therefore a close-up on a canvas twice as large,
+            # which training and testing resize to the same scale as the others.
+            closeup = index % CLOSEUP_EVERY == 0
+            height, width = _image_size(rng, 2 * size if closeup else size)
+            image, objects = _render_scene(rng, queue, height, width, COCO_STYLES, False, closeup)
             file_name = f"{next_image:012d}.jpg"
             _save_jpeg(image, root / split / file_name)
             images.append({"id": next_image, "file_name": file_name, "width": width, "height": height})

@@ -134,6 +134,9 @@ def test_coco_jsons_use_the_real_80_categories_and_a_handful_of_them(generated_d
         for image in data["images"]:
             assert Image.open(generated_data / "coco" / split / image["file_name"]).size == (
                 image["width"], image["height"])
+        # COCO's APs/APm/APl are undefined for an area range without ground truth (small < 32^2 <= medium < 96^2).
+        areas = [a["area"] for a in data["annotations"]]
+        assert min(areas) < 32**2 and any(32**2 <= a < 96**2 for a in areas) and max(areas) >= 96**2, split
 
 
 def test_existing_generation_is_reused_and_anything_else_is_refused(generated_data, tmp_path):
