@@ -230,12 +230,8 @@ def test_weights_the_converter_rejects_stop_before_training(voc_root, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def coco_root(tmp_path_factory):
-    """Generated at 256 px: COCO's "large" range (> 96x96 px) needs objects that 128 px images cannot hold."""
-    from bt_transfer.synthetic import generate
-
-    source = generate(tmp_path_factory.mktemp("generated256") / "datasets", size=256)
-    return small_test_root(source, tmp_path_factory.mktemp("coco") / "datasets")
+def coco_root(generated_data, tmp_path_factory):
+    return small_test_root(generated_data, tmp_path_factory.mktemp("coco") / "datasets")
 
 
 def test_mask_rcnn_on_coco(weights, coco_root, tmp_path):
@@ -248,10 +244,17 @@ def test_mask_rcnn_on_coco(weights, coco_root, tmp_path):
     assert "SOLVER.MAX_ITER: 2 (protocol: 90000)" in record["protocol"]["deviations"]
 
 
-def test_coco_test_set_without_large_objects_stops_before_training(weights, generated_data, tmp_path):
-    """128 px images hold no object over 96x96 px: APl would be undefined, so the run does not start."""
+def test_coco_test_set_without_large_objects_stops_before_training(weights, coco_root, tmp_path):
+    """Without ground truth over 96x96 px, APl would be undefined, so the run does not start."""
+    root = tmp_path / "datasets"
+    (root / "coco" / "annotations").mkdir(parents=True)
+    for rel in ("VOC2007", "VOC2012", "coco/train2017", "coco/val2017", "coco/annotations/instances_train2017.json"):
+        os.symlink(coco_root / rel, root / rel)
+    val = json.loads((coco_root / "coco" / "annotations" / "instances_val2017.json").read_text())
+    val["annotations"] = [a for a in val["annotations"] if a["area"] < MEDIUM]
+    (root / "coco" / "annotations" / "instances_val2017.json").write_text(json.dumps(val))
     with pytest.raises(SystemExit, match="coco_2017_val .* no ground-truth objects of large size"):
-        transfer.main(transfer_args("coco", weights, generated_data, tmp_path / "out"))
+        transfer.main(transfer_args("coco", weights, root, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
