@@ -1,6 +1,6 @@
 """ImageNet evaluation of a ResNet-50 backbone: linear probe, and 1% / 10% semi-supervised fine-tuning.
 
-    torchrun --nproc_per_node=8 -m pretrain.evaluate --mode linear --weights resnet50.pth --data imagenet \
+    torchrun --nproc_per_node=8 -m pretrain.evaluate --mode linear --weights resnet50.pth --data imagenet \\
         --out runs/linear
     torchrun --nproc_per_node=8 -m pretrain.evaluate --mode semisup --percent 1 --subset-file 1percent.txt \\
         --weights resnet50.pth --data imagenet --out runs/semisup-1
@@ -12,7 +12,6 @@ anything else is allowed but recorded in ``result.json`` as a deviation. The run
 exact whatever the number of processes.
 """
 import argparse
-import copy
 import hashlib
 import sys
 import time
@@ -22,18 +21,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from PIL import Image
-from torchvision import models, transforms
+from torchvision import models
 
 from bt_transfer.fileio import atomic_write, sha256_file, write_json
 from bt_transfer.progress import MetricsLog, Progress
 from bt_transfer.results import make_record, write_result
 from pretrain import eval_protocol, subsets
-from pretrain.data import CorruptImageError, DataError, sample_seed, scan_image_folder
+from pretrain.eval_data import EpochKeySampler, image_folders
 from pretrain.distributed import cleanup, init_distributed
 
 FC_KEYS = ("fc.weight", "fc.bias")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # A checkpoint may only be resumed by a run that would compute the same thing.
 RESUME_KEYS = ("mode", "percent", "epochs", "batch_size", "lr_classifier", "lr_backbone", "weight_decay",
                "schedule", "image_size", "val_resize", "seed", "subset_seed", "weights_sha256", "subset_sha256")
@@ -144,67 +141,6 @@ def assert_backbone_unchanged(model, path):
                            f"{path}; the result would not measure these weights and is not written")
 
 
-class LabelledImages(torch.utils.data.Dataset):
-    """``(image, class index)`` pairs of an ImageFolder split, checked by ``pretrain.data.scan_image_folder``.
-
-    A key ``(epoch, i)`` draws the random augmentation of image ``i`` from its own seed, so a run's
-    crops depend neither on the number of processes or workers nor on where a resumed run restarted;
-    a plain index ``i`` is for the deterministic validation transform.
-    """
-
-    def __init__(self, root, transform, seed=0):
-        self.root, self.transform, self.seed = Path(root), transform, seed
-        self.paths, self.classes = scan_image_folder(root)
-        self.files = [Path(path).relative_to(self.root).as_posix() for path in self.paths]
-        index = {name: i for i, name in enumerate(self.classes)}
-        self.targets = [index[file.split("/", 1)[0]] for file in self.files]
-
-    def select(self, indices):
-        """The same split restricted to ``indices`` (a semi-supervised subset)."""
-        chosen = copy.copy(self)
-        chosen.paths, chosen.files, chosen.targets = ([items[i] for i in indices]
-                                                      for items in (self.paths, self.files, self.targets))
-        return chosen
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, key):
-        epoch, i = key if isinstance(key, tuple) else (None, key)
-        try:
-            with Image.open(self.paths[i]) as image:
-                image = image.convert("RGB")
-        except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-            raise CorruptImageError(f"{self.paths[i]}: cannot decode this image ({error}); fix or remove it "
-                                    f"and restart (the run resumes from its last epoch)") from error
-        if epoch is None:
-            return self.transform(image), self.targets[i]
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, i))
-            return self.transform(image), self.targets[i]
-
-
-class EpochKeySampler(torch.utils.data.DistributedSampler):
-    """This process's share of the epoch's shuffled indices, as ``(epoch, index)`` keys."""
-
-    def __iter__(self):
-        return ((self.epoch, i) for i in super().__iter__())
-
-
-def image_folders(root, image_size, val_resize, seed):
-    """The train and val splits with the protocol's augmentation (random crop + flip / resize + centre crop)."""
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = LabelledImages(Path(root) / "train", transforms.Compose([
-        transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), normalize]), seed=seed)
-    val = LabelledImages(Path(root) / "val", transforms.Compose([
-        transforms.Resize(val_resize), transforms.CenterCrop(image_size), transforms.ToTensor(), normalize]))
-    if train.classes != val.classes:
-        differ = sorted(set(train.classes) ^ set(val.classes))
-        raise DataError(f"--data {root}: train/ and val/ hold different classes ({', '.join(differ[:10])})")
-    return train, val
-
-
 def choose_subset(config, train, out, write):
     """Indices of the labelled subset and its description for the result record; a drawn subset
     is written (when ``write``) to ``out/subset.txt`` to be inspected or passed back as --subset-file."""
@@ -224,9 +160,31 @@ def choose_subset(config, train, out, write):
     return indices, info
 
 
-def train_one_epoch(model, loader, optimizer, progress, step, device, train_backbone):
-    # The frozen backbone stays in eval mode so BN statistics cannot move.
-    model.train(train_backbone)
+def build_optimizer(model, config):
+    """SGD momentum 0.9 with the classifier and (semisup) the backbone as groups with their own base lr."""
+    head = [p for n, p in model.named_parameters() if n in FC_KEYS]
+    groups = [dict(params=head, base_lr=config["lr_classifier"])]
+    if config["mode"] == "semisup":
+        backbone = [p for n, p in model.named_parameters() if n not in FC_KEYS]
+        groups.append(dict(params=backbone, base_lr=config["lr_backbone"]))
+    return torch.optim.SGD(groups, lr=0.0, momentum=0.9, weight_decay=config["weight_decay"])
+
+
+def make_loaders(train_set, val_set, config, info):
+    # Each process takes every world_size-th index of one shared permutation: the global batches, and
+    # (with per-image seeds) every crop in them, are those of a single process with the whole batch.
+    sampler = EpochKeySampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                              seed=config["seed"])
+    options = dict(batch_size=config["batch_size"] // info.world_size, num_workers=config["workers"],
+                   pin_memory=info.device.type == "cuda", persistent_workers=config["workers"] > 0)
+    train_loader = torch.utils.data.DataLoader(train_set, sampler=sampler, **options)
+    # Disjoint shards without padding, so the summed counts cover each val image exactly once.
+    val_shard = torch.utils.data.Subset(val_set, range(info.rank, len(val_set), info.world_size))
+    return sampler, train_loader, torch.utils.data.DataLoader(val_shard, **options)
+
+
+def train_one_epoch(model, loader, optimizer, device, progress, step, images_per_step):
+    """One pass over this process's share; returns the mean loss over all processes, images/s and the step."""
     loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
     start = time.monotonic()
     for images, targets in loader:
@@ -235,17 +193,16 @@ def train_one_epoch(model, loader, optimizer, progress, step, device, train_back
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # Accumulated on the device: reading the loss every step would stall the GPU.
+        # Summed on the device: reading the loss every step would stall the GPU.
         loss_sum += loss.detach() * len(targets)
         seen += len(targets)
         step += 1
         if progress is not None:
-            progress.update(step, loader.batch_size * _world_size(), memory_gb=_memory_gb())
+            progress.update(step, images_per_step, memory_gb=_memory_gb())
     totals = torch.stack([loss_sum, torch.tensor(seen, dtype=torch.float64, device=device)])
     if dist.is_initialized():
         dist.all_reduce(totals)
-    seconds = time.monotonic() - start
-    return (totals[0] / totals[1]).item(), totals[1].item() / seconds, step
+    return (totals[0] / totals[1]).item(), totals[1].item() / (time.monotonic() - start), step
 
 
 @torch.no_grad()
@@ -263,16 +220,19 @@ def evaluate(model, loader, device, num_classes):
     return (100 * counts[0] / counts[2]).item(), (100 * counts[1] / counts[2]).item()
 
 
-def _world_size():
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
 def _memory_gb():
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
 def load_checkpoint(path, config):
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """The state saved after the last finished epoch, refused if it was written with other settings."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign files fail in many ways
+        raise ValueError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {e}); "
+                         f"move it away to start over") from e
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
+        raise ValueError(f"{path}: not a checkpoint of pretrain.evaluate; use another --out")
     changed = [f"{k} {checkpoint['config'].get(k)!r} -> {config[k]!r}"
                for k in RESUME_KEYS if checkpoint["config"].get(k) != config[k]]
     if changed:
@@ -283,36 +243,30 @@ def load_checkpoint(path, config):
 
 def run(config):
     info = init_distributed()
-    out = Path(config["out"])
-    device = info.device
+    out, device = Path(config["out"]), info.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if config["batch_size"] % info.world_size:
         raise ValueError(f"--batch-size {config['batch_size']} is not divisible by the {info.world_size} processes")
+    task = eval_protocol.task_name(config["mode"], config["percent"])
+    linear = config["mode"] == "linear"
 
     train_set, val_set = image_folders(config["data"], config["image_size"], config["val_resize"], config["seed"])
     facts = dict(classes=len(train_set.classes), train_images=len(train_set), val_images=len(val_set))
     torch.manual_seed(config["seed"])
     model = load_backbone(config["weights"], num_classes=len(train_set.classes))
     subset = None
-    if config["mode"] == "semisup":
+    if not linear:
         indices, subset = choose_subset(config, train_set, out, write=info.is_main)
         train_set = train_set.select(indices)
     config = dict(config, weights_sha256=sha256_file(config["weights"]),
-                  subset_sha256=subset and subset["sha256"], world_size=info.world_size)
+                  subset_sha256=subset["sha256"] if subset else None, world_size=info.world_size)
 
-    linear = config["mode"] == "linear"
     if linear:
         model.requires_grad_(False)
         model.fc.requires_grad_(True)
     model.to(device)
-    head = [p for n, p in model.named_parameters() if n in FC_KEYS]
-    groups = [dict(params=head, base_lr=config["lr_classifier"])]
-    if not linear:
-        groups.append(dict(params=[p for n, p in model.named_parameters() if n not in FC_KEYS],
-                           base_lr=config["lr_backbone"]))
-    optimizer = torch.optim.SGD(groups, lr=0.0, momentum=0.9, weight_decay=config["weight_decay"])
-
+    optimizer = build_optimizer(model, config)
     start_epoch, best, last = 0, dict(top1=0.0, top5=0.0), None
     checkpoint_path = out / "checkpoint.pth"
     if checkpoint_path.is_file():
@@ -320,70 +274,62 @@ def run(config):
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_epoch, best, last = checkpoint["epoch"], checkpoint["best"], checkpoint["last"]
-    trained = nn.parallel.DistributedDataParallel(model) if info.distributed else model
+    trained = model
+    if info.distributed:
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    sampler, train_loader, val_loader = make_loaders(train_set, val_set, config, info)
 
-    # Each process takes every world_size-th index of one shared permutation: the global batches, and
-    # (with per-image seeds) every crop in them, are those of a single process with the whole batch.
-    train_sampler = EpochKeySampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                    seed=config["seed"])
-    loader_args = dict(batch_size=config["batch_size"] // info.world_size, num_workers=config["workers"],
-                       pin_memory=device.type == "cuda", persistent_workers=config["workers"] > 0)
-    train_loader = torch.utils.data.DataLoader(train_set, sampler=train_sampler, **loader_args)
-    # Disjoint shards with no padding, so the summed counts cover each image exactly once.
-    val_shard = torch.utils.data.Subset(val_set, range(info.rank, len(val_set), info.world_size))
-    val_loader = torch.utils.data.DataLoader(val_shard, **loader_args)
-
-    metrics = None
+    metrics, progress = None, None
+    steps = len(train_loader)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "args.json", {k: _jsonable(v) for k, v in config.items()})
         metrics = MetricsLog(out / "metrics.jsonl")
-    steps = len(train_loader)
-    progress = Progress(config["epochs"] * steps, name=eval_protocol.task_name(config["mode"], config["percent"]),
-                        start=start_epoch * steps) if info.is_main else None
+        progress = Progress(config["epochs"] * steps, name=task, start=start_epoch * steps)
     step = start_epoch * steps
     for epoch in range(start_epoch, config["epochs"]):
         scale = eval_protocol.lr_scale(config["schedule"], epoch, config["epochs"])
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * scale
-        train_sampler.set_epoch(epoch)
-        loss, images_per_s, step = train_one_epoch(trained, train_loader, optimizer, progress, step, device,
-                                                   train_backbone=not linear)
+        sampler.set_epoch(epoch)
+        # The frozen backbone stays in eval mode so its BN statistics cannot move.
+        trained.train(not linear)
+        loss, images_per_s, step = train_one_epoch(trained, train_loader, optimizer, device, progress, step,
+                                                   config["batch_size"])
         top1, top5 = evaluate(trained, val_loader, device, len(val_set.classes))
         last = dict(top1=top1, top5=top5)
         best = dict(top1=max(best["top1"], top1), top5=max(best["top5"], top5))
         if linear:
             assert_backbone_unchanged(model, config["weights"])
         if info.is_main:
-            record = dict(epoch=epoch + 1, loss=loss, lr=optimizer.param_groups[0]["lr"], top1=top1, top5=top5,
-                          images_per_s=images_per_s)
+            lrs = dict(lr=optimizer.param_groups[0]["lr"])
             if not linear:
-                record["lr_backbone"] = optimizer.param_groups[1]["lr"]
-            metrics.write(**record)
+                lrs["lr_backbone"] = optimizer.param_groups[1]["lr"]
+            metrics.write(epoch=epoch + 1, loss=loss, top1=top1, top5=top5, images_per_s=images_per_s, **lrs)
             summary = f"epoch {epoch + 1} loss {loss:.4f} top1 {top1:.2f} top5 {top5:.2f}"
             progress.update(step, config["batch_size"], extra=summary, memory_gb=_memory_gb(), force=True)
             save_checkpoint(checkpoint_path, dict(epoch=epoch + 1, model=model.state_dict(),
                                                   optimizer=optimizer.state_dict(), best=best, last=last,
                                                   config={k: _jsonable(config[k]) for k in RESUME_KEYS}))
-    if linear:
+    if linear:  # also covers a finished run restarted from its last checkpoint
         assert_backbone_unchanged(model, config["weights"])
-    if info.is_main:
-        metrics.close()
-        record = make_record(
-            task=eval_protocol.task_name(config["mode"], config["percent"]),
-            metrics=dict(top1=last["top1"], top5=last["top5"], top1_best=best["top1"], top5_best=best["top5"]),
-            seed=config["seed"],
-            weights=dict(path=str(config["weights"]), sha256=config["weights_sha256"], label=config["label"]),
-            config={k: _jsonable(v) for k, v in config.items()},
-            world_size=info.world_size,
-            deviations=eval_protocol.deviations(config, facts, subset),
-            extra=dict(facts, epochs=config["epochs"], **({"subset": subset} if subset else {})),
-        )
-        path = write_result(out, record)
-        print(f"{record['task']}: top-1 {last['top1']:.2f} top-5 {last['top5']:.2f} "
-              f"(best {best['top1']:.2f} / {best['top5']:.2f}) -> {path}", file=sys.stderr)
-        return record
-    return None
+    if not info.is_main:
+        return None
+    metrics.close()
+    record = make_record(
+        task=task,
+        metrics=dict(top1=last["top1"], top5=last["top5"], top1_best=best["top1"], top5_best=best["top5"]),
+        seed=config["seed"],
+        weights=dict(path=str(config["weights"]), sha256=config["weights_sha256"], label=config["label"]),
+        config={k: _jsonable(v) for k, v in config.items()},
+        world_size=info.world_size,
+        deviations=eval_protocol.deviations(config, facts, subset),
+        extra=dict(facts, epochs=config["epochs"], **({"subset": subset} if subset else {})),
+    )
+    path = write_result(out, record)
+    print(f"{task}: top-1 {last['top1']:.2f} top-5 {last['top5']:.2f} "
+          f"(best {best['top1']:.2f} / {best['top5']:.2f}) -> {path}", file=sys.stderr)
+    return record
 
 
 def save_checkpoint(path, state):

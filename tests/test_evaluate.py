@@ -15,8 +15,11 @@ from bt_transfer.fileio import sha256_file
 from bt_transfer.progress import read_metrics
 from bt_transfer.results import load_result
 from pretrain import eval_protocol, evaluate
+from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 from pretrain.distributed import free_port
-from pretrain.evaluate import IMAGENET_MEAN, IMAGENET_STD, LabelledImages, WeightsError, load_backbone
+from pretrain.data import DataError
+from pretrain.eval_data import LabelledImages, image_folders
+from pretrain.evaluate import WeightsError, load_backbone
 
 CHANCE_TOP1 = 10.0  # 10 generated classes
 
@@ -270,6 +273,11 @@ def test_semisup_fine_tunes_the_backbone_and_resumes_bit_exactly(seen_backbone, 
 
     with pytest.raises(ValueError, match=r"checkpoint.pth belongs to a run with other settings \(epochs 2 -> 3\)"):
         run(seen_backbone, generated_data, tmp_path / "cut", *options, "--epochs", 3)
+
+
+def test_data_without_its_splits_is_named(generated_data):
+    with pytest.raises(DataError, match=r"imagenet/train: no train or val folder; expected a dataset root"):
+        image_folders(generated_data / "imagenet" / "train", 32, 36, seed=0)
 
 
 def test_a_simclr_list_selects_exactly_its_images(generated_data, tmp_path):
