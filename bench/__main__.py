@@ -26,6 +26,8 @@ def parse_args(argv):
                         help="which benchmarks to run (default: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device for loss and step (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for loss and step (default: torch's choice); 1 is steadier on a busy machine")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per case; the median is reported")
     parser.add_argument("--max-pass-seconds", type=float, default=30.0,
                         help="loss: skip sizes whose reference forward+backward is estimated longer than this")
@@ -43,6 +45,8 @@ def parse_args(argv):
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}: expected some of {', '.join(BENCHMARKS)}")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     if args.reps < 1:
         parser.error("--reps must be at least 1")
     args.device = torch.device(args.device)
@@ -54,6 +58,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     selected = args.benchmarks or list(BENCHMARKS)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     machine = harness.machine_info(args.device)
     print("machine: " + harness.format_machine(machine), flush=True)
     for name in selected:
