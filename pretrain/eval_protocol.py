@@ -88,16 +88,16 @@ def deviations(config, data, subset=None):
         found.append(f"images cropped to {config['image_size']} px (val resized to {config['val_resize']}) "
                      f"instead of {IMAGE_SIZE} ({VAL_RESIZE})")
     if data["classes"] != IMAGENET["classes"]:
-        found.append(f"data has {data['classes']} classes, not ImageNet's {IMAGENET['classes']}")
+        found.append(f"data has {data['classes']:,} classes, not ImageNet's {IMAGENET['classes']:,}")
     if data["val_images"] != IMAGENET["val_images"]:
-        found.append(f"val has {data['val_images']} images, not ImageNet's {IMAGENET['val_images']}")
+        found.append(f"val has {data['val_images']:,} images, not ImageNet's {IMAGENET['val_images']:,}")
     if config["mode"] == "linear":
         if data["train_images"] != IMAGENET["train_images"]:
-            found.append(f"train has {data['train_images']} images, not ImageNet's {IMAGENET['train_images']}")
+            found.append(f"train has {data['train_images']:,} images, not ImageNet's {IMAGENET['train_images']:,}")
     elif subset["generated"]:
         found.append(f"subset drawn from seed {config['subset_seed']} (class-balanced), not SimCLR's "
                      f"{config['percent']}percent.txt")
     elif subset["images"] != SIMCLR_SUBSET_IMAGES[config["percent"]]:
-        found.append(f"subset file lists {subset['images']} images; SimCLR's {config['percent']}percent.txt "
-                     f"lists {SIMCLR_SUBSET_IMAGES[config['percent']]}")
+        found.append(f"subset file lists {subset['images']:,} images; SimCLR's {config['percent']}percent.txt "
+                     f"lists {SIMCLR_SUBSET_IMAGES[config['percent']]:,}")
     return found

@@ -12,7 +12,8 @@ import random
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
-# Lines in SimCLR's lists: 1% and 10% of ImageNet-1k's 1,281,167 training images.
+# Lines in SimCLR's lists: 1% and 10% of ImageNet-1k's 1,281,167 training images (TFDS imagenet2012_subset
+# documents the same counts; most classes get the same number of images, some one more).
 SIMCLR_SUBSET_IMAGES = {1: 12811, 10: 128116}
 SIMCLR_URL = "https://github.com/google-research/simclr/tree/master/imagenet_subsets"
 

@@ -128,12 +128,12 @@ def test_deviations_name_every_departure_and_nothing_for_the_protocol():
         "epochs 2 instead of the protocol's 20",
         "batch size 32 instead of the protocol's 256",
         "images cropped to 64 px (val resized to 73) instead of 224 (256)",
-        "data has 10 classes, not ImageNet's 1000",
-        "val has 100 images, not ImageNet's 50000",
+        "data has 10 classes, not ImageNet's 1,000",
+        "val has 100 images, not ImageNet's 50,000",
         "subset drawn from seed 0 (class-balanced), not SimCLR's 1percent.txt",
     ]
     assert eval_protocol.deviations(config, imagenet, dict(generated=False, images=128116)) == [
-        "subset file lists 128116 images; SimCLR's 1percent.txt lists 12811"]
+        "subset file lists 128,116 images; SimCLR's 1percent.txt lists 12,811"]
 
 
 # --- weights --------------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_linear_probe_learns_and_leaves_the_backbone_bit_identical(linear_run, s
     assert record["task"] == "linear" and record["weights"]["label"] == "seen"
     assert record["weights"]["sha256"] == sha256_file(seen_backbone)
     assert record["extra"] == dict(classes=10, train_images=260, val_images=100, epochs=2)
-    assert "data has 10 classes, not ImageNet's 1000" in record["protocol"]["deviations"]
+    assert "data has 10 classes, not ImageNet's 1,000" in record["protocol"]["deviations"]
     epochs = read_metrics(out / "metrics.jsonl")
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert {"loss", "lr", "top1", "top5", "images_per_s"} <= set(epochs[-1])
