@@ -1,0 +1,32 @@
+"""`make demo` end to end, with a few steps per stage: every runner's real CLI, chained through the
+files each writes, ends in a report whose tables hold our rows, marked off-protocol, beside the paper's."""
+import csv
+import subprocess
+import sys
+
+from bt_transfer.demo import LABEL
+
+
+def test_demo_runs_every_stage_and_reports_our_rows_beside_the_papers(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "bt_transfer.demo", "--out", str(out), "--fast", "--seeds", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"report: {out / 'tables' / 'README.md'}" in done.stdout
+
+    tables = out / "tables"
+    for name, paper_bt_row in (("table1_linear", "Barlow Twins (paper)"), ("table2_semisup", "Barlow Twins (paper)"),
+                               ("table4_detection", "BT (paper)")):
+        rows = {row["method"]: row for row in csv.DictReader((tables / f"{name}.csv").open())}
+        assert rows[paper_bt_row]["kind"] == "paper", name
+        assert rows[LABEL]["kind"] == "run" and rows[LABEL]["protocol"] == "deviates", name
+        for suffix in (".md", ".tex", ".png"):
+            assert (tables / f"{name}{suffix}").stat().st_size > 0
+        markdown = (tables / f"{name}.md").read_text()
+        # Our row carries a footnote marker, and the footnote says why it is not the paper's protocol.
+        assert f"| {LABEL}<sup>a</sup> |" in markdown, name
+        assert "Not the paper's protocol" in markdown and "generated data" in markdown, name
+    detection = (tables / "table4_detection.md").read_text()
+    assert "not the benchmark's data: voc_2007_trainval" in detection and "coco_2017_val" in detection
+    assert (tables / "pretrain_loss.png").stat().st_size > 0
+    assert "pretraining" in (tables / "README.md").read_text().lower()
