@@ -17,6 +17,7 @@ CROSSOVER_D = 2048
 CROSSOVER_N = (512, 1024, 2048, 3072, 4096)
 FORMS = ("cross_correlation", "gram", "auto")
 TARGET_N = 1024
+CALIBRATION = (256, 2048)  # (N, D) whose reference time predicts the others
 
 
 def suite_loss():
@@ -34,9 +35,6 @@ def implementations(forms=FORMS):
     for form in forms:
         impls[form] = lambda z1, z2, form=form: ours(z1, z2, lambd=reference.LAMBD, form=form)
     return impls
-
-
-CALIBRATION = (256, 2048)
 
 
 def reference_seconds_per_nd2(device):
@@ -91,12 +89,10 @@ def measure_case(n, d, impls, device, reps):
 
 def crossover(device, reps, log):
     """N/D where the Gram form stops being faster than the cross-correlation form, from a sweep of N at fixed D."""
-    ours = suite_loss()
-    impls = {form: (lambda z1, z2, form=form: ours(z1, z2, lambd=reference.LAMBD, form=form))
-             for form in ("cross_correlation", "gram")}
+    impls = implementations(("cross_correlation", "gram"))
     rows, ratios = [], []
     for n in CROSSOVER_N:
-        r = measure_case(n, CROSSOVER_D, {"reference": reference.cross_correlation_loss, **impls}, device, reps)
+        r = measure_case(n, CROSSOVER_D, impls, device, reps)
         gram_over_cc = r["gram"]["seconds"] / r["cross_correlation"]["seconds"]
         ratios.append((n / CROSSOVER_D, gram_over_cc))
         rows.append([n, CROSSOVER_D, f"{n / CROSSOVER_D:.2f}", f"{r['cross_correlation']['seconds'] * 1e3:.0f}",
