@@ -1,7 +1,7 @@
 """Timing, peak memory, machine facts and tables shared by every benchmark.
 
-Side by side means interleaved: each repetition runs every implementation once, in turn, so
-that a noisy neighbour on a shared machine slows all of them alike and the ratios stay honest.
+Side by side means interleaved: each repetition runs every implementation once, in turn (the order
+alternating), so that a noisy neighbour on a shared machine slows all of them alike and the ratios stay honest.
 """
 import contextlib
 import os
@@ -82,8 +82,11 @@ def time_side_by_side(functions, device, reps=3, warmup=1, before_each=None):
         for name, fn in functions.items():
             call(name, fn)
     runs = {name: [] for name in functions}
-    for _ in range(reps):
-        for name, fn in functions.items():
+    order = list(functions.items())
+    for rep in range(reps):
+        # Alternate the order (A B, B A, ...): whatever one leaves behind (caches, freed memory the next must
+        # fault back in) then falls on each in turn.
+        for name, fn in order if rep % 2 == 0 else reversed(order):
             runs[name].append(call(name, fn))
     return {name: Timing(statistics.median(r), r) for name, r in runs.items()}
 
