@@ -47,16 +47,22 @@ def suite_pipelines(size=OUTPUT_SIZE):
         raise SystemExit(f"bench augment: cannot import pretrain.augment ({err})") from err
     floats, uint8 = augment.TwoViews(size), augment.TwoViews(size, normalize=False)
 
-    def geometry_only(path):
-        image = Image.open(path)
+    def geometry_only(image):
         params = [dataclasses.replace(augment.sample_view_params(*image.size, policy), jitter=None, grayscale=False,
                                       blur_sigma=None, solarize=False) for policy in augment.VIEW_POLICIES]
         decoded, scale_x, scale_y = augment.decode_for_crops(image, [p.crop for p in params], size)
         return tuple(augment.to_uint8_tensor(augment.render_view(decoded, p, scale_x, scale_y, size)) for p in params)
 
-    # Image.open without load(): the suite decodes the JPEG itself, at reduced scale when the crops allow.
-    return {"ours": lambda path: floats(Image.open(path)), "ours, uint8 out": lambda path: uint8(Image.open(path)),
-            "ours, geometry only": geometry_only}
+    def from_file(transform):
+        def pipeline(path):
+            # Opened lazily, as the training dataset does: the suite decodes the JPEG itself, at reduced scale
+            # when the crops allow.
+            with Image.open(path) as image:
+                return transform(image)
+        return pipeline
+
+    return {"ours": from_file(floats), "ours, uint8 out": from_file(uint8),
+            "ours, geometry only": from_file(geometry_only)}
 
 
 def reference_pipeline(size=OUTPUT_SIZE):
