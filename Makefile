@@ -19,7 +19,7 @@ PY := $(VENV)/bin/python
 TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS)
 STAMP := $(VENV)/.bt-transfer-setup
 
-.PHONY: help setup test demo pretrain transfer-voc transfer-coco linear semisup tables bench clean-demo
+.PHONY: help setup test demo pretrain transfer-voc transfer-coco linear semisup tables bench bench-gpu
 
 help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -72,3 +72,6 @@ tables: setup ## rebuild tables/ from every result.json under runs/
 
 bench: setup ## speed and memory benchmarks, ours against the reference, side by side
 	$(PY) -m bench $(ARGS)
+
+bench-gpu: setup ## all benchmarks on a CUDA machine (under 5 minutes): images/s per GPU at 224 px
+	PY=$(PY) OUT=$(or $(OUT),runs/bench-gpu) bash bench/gpu.sh $(ARGS)
