@@ -24,8 +24,8 @@ def stages(out: Path, seeds, fast=False):
     data = out / "data"
     weights = out / "pretrain" / "resnet50.pth"
     small_imagenet = ["--image-size", "64", "--val-resize", "73", "--batch-size", "64", "--workers", "0", "--label", LABEL]
-    pretrain_length = ["--epochs", "1", "--max-steps", "2"] if fast else ["--epochs", "2"]
-    linear_epochs, semisup_epochs = ("1", "1") if fast else ("3", "2")
+    pretrain_length = ["--epochs", "1", "--max-steps", "2"] if fast else ["--epochs", "4"]
+    linear_epochs, semisup_epochs = ("1", "1") if fast else ("10", "5")
 
     def detection(task, task_seeds):
         return ["-m", "bt_transfer.transfer", task, "--weights", str(weights), "--seeds", *map(str, task_seeds),
