@@ -16,6 +16,17 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def peak_memory_gb(device=None):
+    """Peak memory of this process's work in GiB: CUDA's peak allocation when it runs on a GPU
+    (``device`` of type cuda, or any visible GPU when ``device`` is None), else peak resident memory.
+
+    torch is used only if the caller has already imported it, so this module stays torch-free.
+    """
+    torch = sys.modules.get("torch")
+    on_gpu = torch is not None and torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    return torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else peak_rss_gb()
+
+
 def format_duration(seconds):
     if not math.isfinite(seconds):
         return "?"

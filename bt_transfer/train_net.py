@@ -30,7 +30,7 @@ from detectron2.utils.logger import setup_logger
 import bt_transfer.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from bt_transfer.d2_weights import load_backbone_weights
 from bt_transfer.datasets import use_datasets_root
-from bt_transfer.progress import Progress, peak_rss_gb
+from bt_transfer.progress import Progress, peak_memory_gb
 from bt_transfer.scaling import Schedule, describe, linear_scaling
 
 logger = logging.getLogger("bt_transfer.train_net")
@@ -138,10 +138,7 @@ class ProgressHook(HookBase):
         self.progress = Progress(self.trainer.max_iter, "train", "img", every=self.every, start=self.trainer.start_iter)
 
     def after_step(self):
-        if torch.cuda.is_available():
-            memory_gb = torch.cuda.max_memory_allocated() / 2**30
-        else:
-            memory_gb = peak_rss_gb()
+        memory_gb = peak_memory_gb()
         storage = self.trainer.storage
         storage.put_scalar("memory_gb", memory_gb, smoothing_hint=False)
         step = self.trainer.iter + 1

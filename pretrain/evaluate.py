@@ -24,7 +24,7 @@ from torch import nn
 from torchvision import models
 
 from bt_transfer.fileio import atomic_write, sha256_file, write_json
-from bt_transfer.progress import MetricsLog, Progress
+from bt_transfer.progress import MetricsLog, Progress, peak_memory_gb
 from bt_transfer.results import make_record, write_result
 from pretrain import eval_protocol, subsets
 from pretrain.eval_data import EpochKeySampler, image_folders
@@ -198,7 +198,7 @@ def train_one_epoch(model, loader, optimizer, device, progress, step, images_per
         seen += len(targets)
         step += 1
         if progress is not None:
-            progress.update(step, images_per_step, memory_gb=_memory_gb())
+            progress.update(step, images_per_step, memory_gb=peak_memory_gb(device))
     totals = torch.stack([loss_sum, torch.tensor(seen, dtype=torch.float64, device=device)])
     if dist.is_initialized():
         dist.all_reduce(totals)
@@ -218,10 +218,6 @@ def evaluate(model, loader, device, num_classes):
     if dist.is_initialized():
         dist.all_reduce(counts)
     return (100 * counts[0] / counts[2]).item(), (100 * counts[1] / counts[2]).item()
-
-
-def _memory_gb():
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
 def load_checkpoint(path, config):
@@ -307,7 +303,7 @@ def run(config):
                 lrs["lr_backbone"] = optimizer.param_groups[1]["lr"]
             metrics.write(epoch=epoch + 1, loss=loss, top1=top1, top5=top5, images_per_s=images_per_s, **lrs)
             summary = f"epoch {epoch + 1} loss {loss:.4f} top1 {top1:.2f} top5 {top5:.2f}"
-            progress.update(step, config["batch_size"], extra=summary, memory_gb=_memory_gb(), force=True)
+            progress.update(step, config["batch_size"], extra=summary, memory_gb=peak_memory_gb(device), force=True)
             save_checkpoint(checkpoint_path, dict(epoch=epoch + 1, model=model.state_dict(),
                                                   optimizer=optimizer.state_dict(), best=best, last=last,
                                                   config={k: _jsonable(config[k]) for k in RESUME_KEYS}))

@@ -33,7 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from bt_transfer.fileio import write_json
-from bt_transfer.progress import MetricsLog, Progress, peak_rss_gb
+from bt_transfer.progress import MetricsLog, Progress, peak_memory_gb
 from bt_transfer.results import code_version
 from pretrain.augment import TwoViews, normalize_batch
 from pretrain.barlow_twins import LOSS_FORMS, BarlowTwins, parse_projector
@@ -108,10 +108,6 @@ def resolve_amp(choice, device):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
 
-def max_memory_gb(device):
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else peak_rss_gb()
-
-
 def build_model(args, dist_info):
     model = BarlowTwins(args.projector, args.lambd, args.loss_form, args.official_grad_scaling)
     if dist_info.distributed and dist_info.device.type == "cuda":
@@ -160,7 +156,7 @@ class RunLog:
         elapsed = time.perf_counter() - self.window_start
         record = dict(step=step, epoch=epoch, loss=loss, lr=lr * self.lr_multiplier,
                       images_per_s=self.window_steps * self.batch_size / elapsed,
-                      data_time=self.data_time / max(self.window_steps, 1), max_memory_gb=max_memory_gb(self.device))
+                      data_time=self.data_time / max(self.window_steps, 1), max_memory_gb=peak_memory_gb(self.device))
         self.metrics.write(**record)
         for key in ("loss", "lr", "images_per_s", "data_time"):
             self.writer.add_scalar(key, record[key], step)

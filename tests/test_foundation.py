@@ -90,6 +90,7 @@ def test_metrics_log_survives_a_torn_last_line_and_progress_shows_eta(tmp_path, 
     with open(path, "a") as f:
         f.write('{"step": 3, "lo')  # a run killed mid-line
     assert [r["loss"] for r in progress.read_metrics(path)] == [2.0, 1.5]
+    assert progress.peak_memory_gb("cpu") == progress.peak_rss_gb() > 0  # no GPU: the process's peak RSS
     meter = progress.Progress(total=100, name="train", unit="img", stream=sys.stdout)
     line = meter.update(10, items_per_step=8, force=True)
     assert line.startswith("train 10/100 |") and "img/s" in line and "ETA" in line and "GB" in line
