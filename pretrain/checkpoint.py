@@ -24,9 +24,20 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from; the message names the file."""
 
 
-def _save(obj, path):
+def save_atomically(path, obj):
+    """``torch.save`` to a temporary file renamed over ``path``: a kill never leaves a torn checkpoint."""
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
+
+
+def load_state(path):
+    """``torch.load(weights_only=True)`` on CPU, with a CheckpointError naming the file if it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
+        raise CheckpointError(
+            f"{path}: cannot read this checkpoint ({type(error).__name__}: {error}). It is probably truncated "
+            "or not a checkpoint of this kind of run; move it away to start over") from error
 
 
 def save_checkpoint(path, *, step, steps_per_epoch, global_batch, projector, model, optimizer, scaler):
@@ -34,7 +45,7 @@ def save_checkpoint(path, *, step, steps_per_epoch, global_batch, projector, mod
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
-    _save({
+    save_atomically(path, {
         "format": FORMAT,
         "step": step,
         "steps_per_epoch": steps_per_epoch,
@@ -44,18 +55,13 @@ def save_checkpoint(path, *, step, steps_per_epoch, global_batch, projector, mod
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "rng": rng,
-    }, path)
+    })
 
 
 def read_checkpoint(path):
     """The checkpoint dict, or a CheckpointError naming the file (truncated, not a checkpoint, wrong format)."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
-        raise CheckpointError(
-            f"{path}: cannot read this checkpoint ({type(error).__name__}: {error}). It is probably truncated "
-            "or not a pretraining checkpoint; move it away to start over") from error
+    state = load_state(path)
     if not isinstance(state, dict) or (missing := [k for k in REQUIRED_KEYS if k not in state]):
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a bt-transfer pretraining checkpoint "
@@ -101,5 +107,5 @@ def remove_stale_temporaries(folder):
 def export_backbone(model, path):
     """Atomically write the backbone's state dict (torchvision keys, no ``fc``): the official ``resnet50.pth``."""
     state = {key: value.detach().cpu().clone() for key, value in model.backbone.state_dict().items()}
-    _save(state, path)
+    save_atomically(path, state)
     return path

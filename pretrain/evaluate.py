@@ -27,6 +27,7 @@ from bt_transfer.fileio import atomic_write, sha256_file, write_json
 from bt_transfer.progress import MetricsLog, Progress, peak_memory_gb
 from bt_transfer.results import make_record, write_result
 from pretrain import eval_protocol, subsets
+from pretrain.checkpoint import load_state, save_atomically
 from pretrain.eval_data import EpochKeySampler, image_folders
 from pretrain.distributed import cleanup, init_distributed
 
@@ -222,11 +223,7 @@ def evaluate(model, loader, device, num_classes):
 
 def load_checkpoint(path, config):
     """The state saved after the last finished epoch, refused if it was written with other settings."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign files fail in many ways
-        raise ValueError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {e}); "
-                         f"move it away to start over") from e
+    checkpoint = load_state(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
         raise ValueError(f"{path}: not a checkpoint of pretrain.evaluate; use another --out")
     changed = [f"{k} {checkpoint['config'].get(k)!r} -> {config[k]!r}"
@@ -304,7 +301,7 @@ def run(config):
             metrics.write(epoch=epoch + 1, loss=loss, top1=top1, top5=top5, images_per_s=images_per_s, **lrs)
             summary = f"epoch {epoch + 1} loss {loss:.4f} top1 {top1:.2f} top5 {top5:.2f}"
             progress.update(step, config["batch_size"], extra=summary, memory_gb=peak_memory_gb(device), force=True)
-            save_checkpoint(checkpoint_path, dict(epoch=epoch + 1, model=model.state_dict(),
+            save_atomically(checkpoint_path, dict(epoch=epoch + 1, model=model.state_dict(),
                                                   optimizer=optimizer.state_dict(), best=best, last=last,
                                                   config={k: _jsonable(config[k]) for k in RESUME_KEYS}))
     if linear:  # also covers a finished run restarted from its last checkpoint
@@ -326,11 +323,6 @@ def run(config):
     print(f"{task}: top-1 {last['top1']:.2f} top-5 {last['top5']:.2f} "
           f"(best {best['top1']:.2f} / {best['top5']:.2f}) -> {path}", file=sys.stderr)
     return record
-
-
-def save_checkpoint(path, state):
-    with atomic_write(path, "wb") as f:
-        torch.save(state, f)
 
 
 def _jsonable(value):

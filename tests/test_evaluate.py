@@ -242,13 +242,13 @@ def test_semisup_fine_tunes_the_backbone_and_resumes_bit_exactly(seen_backbone, 
     whole = run(seen_backbone, generated_data, tmp_path / "whole", *options)
 
     # The same run killed right after its first checkpoint, then started again.
-    save = evaluate.save_checkpoint
+    save = evaluate.save_atomically
 
     def save_then_die(path, state):
         save(path, state)
         raise Interrupted
 
-    monkeypatch.setattr(evaluate, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(evaluate, "save_atomically", save_then_die)
     with pytest.raises(Interrupted):
         run(seen_backbone, generated_data, tmp_path / "cut", *options)
     monkeypatch.undo()
