@@ -14,7 +14,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 import torch  # noqa: E402
 
 from bench import harness  # noqa: E402
-from bt_transfer.progress import MetricsLog  # noqa: E402
+from bt_transfer.core.progress import MetricsLog  # noqa: E402
 
 BENCHMARKS = ("loss", "augment", "step")
 

@@ -1,6 +1,6 @@
 """From result records to table rows: seeds aggregated, our rows beside the paper's, best values marked.
 
-Pure functions on plain data (records as ``bt_transfer.results.collect_results`` returns them), so every
+Pure functions on plain data (records as ``bt_transfer.core.records.collect_results`` returns them), so every
 rule here is testable on hand-made cases. The rules:
 
 * A *group* is every run with the same weights (sha256 and label), task and protocol deviations; its seeds are

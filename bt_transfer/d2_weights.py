@@ -8,37 +8,21 @@ tensor must have been used; anything else raises. The ``.pkl`` itself is read wi
 that builds numpy arrays and nothing else, the analogue of ``torch.load(weights_only=True)``
 (Detectron2's own loader would run any callable the pickle names).
 """
-import pickle
 from pathlib import Path
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from bt_transfer.convert.resnet50 import BN_COUNTER
+from bt_transfer.core.errors import UserError
+from bt_transfer.core.safe_load import FileLoadError, load_array_pickle
+
 # What a converted ResNet-50 does not provide: the RPN, the box predictor, the mask head and,
 # with Res5ROIHeadsExtraNorm, the norm after res5 (bt_transfer.roi_heads).
 FROM_SCRATCH = ("proposal_generator.", "roi_heads.box_predictor.", "roi_heads.mask_head.", "roi_heads.res5.norm.")
-# BatchNorm's step counter, which converted checkpoints do not carry (see bt_transfer.convert).
-_COUNTER = "num_batches_tracked"
-# What a pickle of numpy arrays needs: numpy 1.x and 2.x spellings, and protocol 2's bytes helper.
-_ARRAY_GLOBALS = {
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
-    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
-}
 
 
-class WeightsLoadError(RuntimeError):
+class WeightsLoadError(UserError, RuntimeError):
     """Converted weights that did not initialise the model as the protocol requires."""
-
-
-class _Refused(pickle.UnpicklingError):
-    pass
-
-
-class _ArraysOnly(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) not in _ARRAY_GLOBALS:
-            raise _Refused(f"it would import and call {module}.{name}, which could run arbitrary code")
-        return super().find_class(module, name)
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
@@ -47,12 +31,9 @@ class _RecordingCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         try:
-            with open(filename, "rb") as f:
-                data = _ArraysOnly(f, encoding="latin1").load()
-        except _Refused as e:
-            raise WeightsLoadError(f"{filename}: refused: {e}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
-            raise WeightsLoadError(f"{filename}: not a readable pickle (truncated or corrupt): {e!r}") from None
+            data = load_array_pickle(filename)
+        except FileLoadError as e:
+            raise WeightsLoadError(str(e)) from None
         if not (isinstance(data, dict) and isinstance(data.get("model"), dict) and "__author__" in data):
             # Detectron2 would read it as Caffe2 model-zoo weights: BGR input, stride in the 1x1
             # conv, other pixel statistics; the suite's configs follow torchvision's conventions.
@@ -85,7 +66,7 @@ def load_backbone_weights(model, path):
     incompatible = checkpointer.incompatible
 
     loaded = set(model.state_dict()) - set(incompatible.missing_keys)
-    not_loaded = sorted(k for k in incompatible.missing_keys if not k.endswith(_COUNTER))
+    not_loaded = sorted(k for k in incompatible.missing_keys if not k.endswith(BN_COUNTER))
     unexpected = [k for k in not_loaded if not k.startswith(FROM_SCRATCH)]
     # The heuristics place a checkpoint key on the model key it is a dotted suffix of.
     unused = [k for k in checkpointer.checkpoint_keys

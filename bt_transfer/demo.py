@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bt_transfer.progress import format_duration
+from bt_transfer.core.progress import format_duration
 
 LABEL = "Barlow Twins (demo)"
 

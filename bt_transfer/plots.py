@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from bt_transfer.fileio import atomic_write  # noqa: E402
+from bt_transfer.core.fileio import atomic_write  # noqa: E402
 
 PNG_METADATA = {"Software": None}   # matplotlib otherwise stamps its version into every file
 

@@ -2,7 +2,7 @@
 
     python -m bt_transfer.report [--results DIR ...] [--out tables/] [--pretrain-log DIR ...]
 
-Reads every ``result.json`` under the results folders (``bt_transfer.results.collect_results``), aggregates
+Reads every ``result.json`` under the results folders (``bt_transfer.core.records.collect_results``), aggregates
 seeds (``bt_transfer.aggregate``) and writes, for each table, ``<name>.md``, ``.csv``, ``.tex`` and ``.png``,
 then ``README.md`` with all of them and ``pretrain_loss.png`` when a pretraining log is found (a folder with
 ``metrics.jsonl`` beside ``args.json``, given with ``--pretrain-log`` or found under the results folders).
@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 from bt_transfer import aggregate, paper, plots, render
-from bt_transfer.fileio import atomic_write
-from bt_transfer.progress import read_metrics
-from bt_transfer.results import RESULT_FILE, collect_results
+from bt_transfer.core.fileio import atomic_write
+from bt_transfer.core.progress import read_metrics
+from bt_transfer.core.records import RESULT_FILE, collect_results
 
 PRETRAIN_LOG = "metrics.jsonl"
 PRETRAIN_ARGS = "args.json"

@@ -29,8 +29,8 @@ from detectron2.utils.logger import setup_logger
 
 import bt_transfer.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from bt_transfer.d2_weights import load_backbone_weights
-from bt_transfer.datasets import use_datasets_root
-from bt_transfer.progress import Progress, peak_memory_gb
+from bt_transfer.datasets.layout import use_datasets_root
+from bt_transfer.core.progress import Progress, peak_memory_gb
 from bt_transfer.scaling import Schedule, describe, linear_scaling
 
 logger = logging.getLogger("bt_transfer.train_net")

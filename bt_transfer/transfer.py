@@ -7,7 +7,7 @@ weights converted strictly (``bt_transfer.convert``; a ready ``.pkl`` is taken a
 strict Detectron2-side load in ``train_net`` checks it before the first step). Then each seed
 runs ``python -m bt_transfer.train_net`` in its own process into ``OUT/seed<S>/`` (Detectron2's
 ``config.yaml``, ``metrics.json``, ``log.txt`` and checkpoints) and ends with ``result.json``
-(``bt_transfer.results``): metrics, seed, weights {path, sha256, label}, resolved config and its
+(``bt_transfer.core.records``): metrics, seed, weights {path, sha256, label}, resolved config and its
 hash, code version, world size, and every departure from the paper's protocol in words.
 
 A finished seed (valid ``result.json`` of the same config and weights) is skipped; an
@@ -18,7 +18,6 @@ Supervised baseline (the paper's "Sup." row): pass torchvision's ImageNet ResNet
 it goes through the same converter.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,11 +25,15 @@ from pathlib import Path
 
 import yaml
 
-from bt_transfer.convert import ConversionError, convert_file
-from bt_transfer.datasets import DatasetLayoutError, check_datasets, use_datasets_root
-from bt_transfer.fileio import sha256_file, sha256_json
-from bt_transfer.progress import read_metrics
-from bt_transfer.results import METRIC_KEYS, RESULT_FILE, ResultError, load_result, make_record, write_result
+from bt_transfer.convert.detectron2 import convert_file
+from bt_transfer.convert.resnet50 import ConversionError
+from bt_transfer.core.provenance import pretraining_deviations, read_pretraining_args
+from bt_transfer.datasets.layout import (
+    DatasetError, check_datasets, check_size_ranges, dataset_deviations, use_datasets_root,
+)
+from bt_transfer.core.fileio import sha256_file, sha256_json
+from bt_transfer.core.progress import read_metrics
+from bt_transfer.core.records import METRIC_KEYS, RESULT_FILE, ResultError, load_result, make_record, write_result
 from bt_transfer.train_net import argument_parser, resolve_args
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "detection_configs"
@@ -45,15 +48,6 @@ SMOKE_OPTS = [
     "SOLVER.IMS_PER_BATCH", "2",
     "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2", "TEST.PRECISE_BN.NUM_ITER", "2", "DATALOADER.NUM_WORKERS", "0",
 ]
-
-# Image counts of the real splits: fewer means the run did not see the benchmark's data.
-REAL_IMAGES = {"voc_2007_trainval": 5011, "voc_2012_trainval": 11540, "voc_2007_test": 4952,
-               "coco_2017_train": 118287, "coco_2017_val": 5000}
-
-
-# COCO's object-size ranges by area in px^2 (pycocotools' areaRng), as the APs/APm/APl metrics use them.
-COCO_SIZE_RANGES = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))
-
 
 class TransferError(RuntimeError):
     """Anything that stops a transfer run; the message says what and where."""
@@ -108,44 +102,6 @@ def prepare_weights(weights, out):
         raise TransferError(f"weights rejected by the converter: {e}") from None
     print(f"converted {weights} ({summary['format']}): {summary['tensors_converted']} tensors -> {summary['output']}")
     return Path(summary["output"]).resolve()
-
-
-def _images_in(name):
-    """How many images the loader of ``name`` will read, from its split list or image folder."""
-    from detectron2.data import MetadataCatalog
-
-    metadata = MetadataCatalog.get(name)
-    if metadata.get("split"):
-        return len((Path(metadata.dirname) / "ImageSets" / "Main" / f"{metadata.split}.txt").read_text().split())
-    return sum(1 for entry in os.scandir(metadata.image_root) if entry.is_file())
-
-
-def dataset_deviations(names):
-    """A deviation when a split holds fewer images than the real one (e.g. generated data)."""
-    smaller = [f"{name} {count} images (real: {REAL_IMAGES[name]})"
-               for name in names if (count := _images_in(name)) < REAL_IMAGES[name]]
-    return [f"not the benchmark's data: {', '.join(smaller)}"] if smaller else []
-
-
-def check_size_ranges(names):
-    """COCO test sets must hold ground truth in every size range the record reports (APs/APm/APl).
-
-    COCOeval reports -1 for a range without ground truth (Detectron2: NaN), and a result record
-    holds numbers only: better to stop now than after training. Only sets with a COCO json apply.
-    """
-
-    from detectron2.data import MetadataCatalog
-
-    for name in names:
-        json_file = MetadataCatalog.get(name).get("json_file")
-        if MetadataCatalog.get(name).get("evaluator_type") != "coco" or not json_file:
-            continue
-        areas = [a["area"] for a in json.loads(Path(json_file).read_text())["annotations"] if not a.get("iscrowd")]
-        empty = [label for label, low, high in COCO_SIZE_RANGES if not any(low <= area < high for area in areas)]
-        if empty:
-            raise TransferError(
-                f"{name} ({json_file}) has no ground-truth objects of {' or '.join(empty)} size, so COCO's AP for "
-                "that range is undefined; use a test set with objects of every size (generated data: --size 256)")
 
 
 def config_dict(cfg):
@@ -236,7 +192,7 @@ def run(args):
     check_size_ranges(protocol.DATASETS.TEST)
     weights_pkl = prepare_weights(args.weights, args.out)
     weights = {"path": str(args.weights), "sha256": sha256_file(args.weights), "label": args.label or args.weights.name}
-    deviations = dataset_deviations(names)
+    deviations = [*dataset_deviations(names), *pretraining_deviations(read_pretraining_args(args.weights))]
     for seed in args.seeds:
         run_seed(args, seed, weights_pkl, weights, deviations, root)
 
@@ -244,7 +200,7 @@ def run(args):
 def main(argv=None):
     try:
         run(parse_args(argv))
-    except (TransferError, DatasetLayoutError) as e:
+    except (TransferError, DatasetError) as e:
         sys.exit(f"error: {e}")
 
 

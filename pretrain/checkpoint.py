@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from bt_transfer.fileio import atomic_write
+from bt_transfer.core.errors import UserError
+from bt_transfer.core.fileio import atomic_write
+from bt_transfer.core.safe_load import FileLoadError, load_torch_file
 
 CHECKPOINT_FILE = "checkpoint.pth"
 BACKBONE_FILE = "resnet50.pth"
@@ -20,7 +22,7 @@ FORMAT = 1
 REQUIRED_KEYS = ("format", "step", "steps_per_epoch", "global_batch", "projector", "model", "optimizer", "rng")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed from; the message names the file."""
 
 
@@ -31,13 +33,11 @@ def save_atomically(path, obj):
 
 
 def load_state(path):
-    """``torch.load(weights_only=True)`` on CPU, with a CheckpointError naming the file if it cannot be read."""
+    """The state saved in ``path`` (loaded with ``weights_only=True``), or a CheckpointError naming the file."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
-        raise CheckpointError(
-            f"{path}: cannot read this checkpoint ({type(error).__name__}: {error}). It is probably truncated "
-            "or not a checkpoint of this kind of run; move it away to start over") from error
+        return load_torch_file(path)
+    except FileLoadError as error:
+        raise CheckpointError(f"{error}. Move it away to start over") from None
 
 
 def save_checkpoint(path, *, step, steps_per_epoch, global_batch, projector, model, optimizer, scaler):

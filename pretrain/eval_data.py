@@ -2,21 +2,20 @@
 
 Training: RandomResizedCrop(224) + horizontal flip; validation: Resize(256) + CenterCrop(224); both
 normalised with the ImageNet mean and std (the official evaluate.py). Folders are checked by
-``pretrain.data.scan_image_folder`` and an undecodable image is a ``CorruptImageError`` naming it.
+``pretrain.images.scan_image_folder`` and an undecodable image is a ``CorruptImageError`` naming it.
 """
 import copy
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision import transforms
 
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
-from pretrain.data import CorruptImageError, DataError, sample_seed, scan_image_folder
+from pretrain.images import DataError, open_image, sample_generator, scan_image_folder
 
 
 class LabelledImages(torch.utils.data.Dataset):
-    """``(image, class index)`` pairs of an ImageFolder split, checked by ``pretrain.data.scan_image_folder``.
+    """``(image, class index)`` pairs of an ImageFolder split, checked by ``pretrain.images.scan_image_folder``.
 
     A key ``(epoch, i)`` draws the random augmentation of image ``i`` from its own seed, so a run's
     crops depend neither on the number of processes or workers nor on where a resumed run restarted;
@@ -42,16 +41,11 @@ class LabelledImages(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         epoch, i = key if isinstance(key, tuple) else (None, key)
-        try:
-            with Image.open(self.paths[i]) as image:
-                image = image.convert("RGB")
-        except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-            raise CorruptImageError(f"{self.paths[i]}: cannot decode this image ({error}); fix or remove it "
-                                    f"and restart (the run resumes from its last epoch)") from error
+        with open_image(self.paths[i]) as image:
+            image = image.convert("RGB")
         if epoch is None:
             return self.transform(image), self.targets[i]
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, i))
+        with sample_generator(self.seed, epoch, i):
             return self.transform(image), self.targets[i]
 
 

@@ -14,31 +14,28 @@ exact whatever the number of processes.
 import argparse
 import hashlib
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
-from bt_transfer.fileio import atomic_write, sha256_file, write_json
-from bt_transfer.progress import MetricsLog, Progress, peak_memory_gb
-from bt_transfer.results import make_record, write_result
+from bt_transfer.convert.formats import FORMATS, read_resnet50
+from bt_transfer.convert.resnet50 import BN_COUNTER
+from bt_transfer.core.errors import command
+from bt_transfer.core.fileio import atomic_write, sha256_file, write_json
+from bt_transfer.core.progress import MetricsLog, Progress, peak_memory_gb
+from bt_transfer.core.text import listing
+from bt_transfer.core.provenance import pretraining_deviations, read_pretraining_args
+from bt_transfer.core.records import make_record, write_result
 from pretrain import eval_protocol, subsets
-from pretrain.checkpoint import load_state, save_atomically
-from pretrain.eval_data import EpochKeySampler, image_folders
+from pretrain.checkpoint import CheckpointError, load_state, save_atomically
+from pretrain.classifier import FC_KEYS, build_optimizer, evaluate, make_loaders, train_one_epoch
 from pretrain.distributed import cleanup, init_distributed
-
-FC_KEYS = ("fc.weight", "fc.bias")
+from pretrain.eval_data import image_folders
 # A checkpoint may only be resumed by a run that would compute the same thing.
 RESUME_KEYS = ("mode", "percent", "epochs", "batch_size", "lr_classifier", "lr_backbone", "weight_decay",
                "schedule", "image_size", "val_resize", "seed", "subset_seed", "weights_sha256", "subset_sha256")
-
-
-class WeightsError(ValueError):
-    """Weights that are not a torchvision ResNet-50 backbone; the message names the file and the keys."""
 
 
 def parse_args(argv=None):
@@ -48,8 +45,10 @@ def parse_args(argv=None):
                         help="linear: frozen backbone, train the classifier; semisup: fine-tune everything on a subset")
     parser.add_argument("--percent", type=int, choices=(1, 10), help="semisup: percentage of labelled images")
     parser.add_argument("--weights", type=Path, required=True,
-                        help="torchvision ResNet-50 state dict without fc (resnet50.pth from pretraining "
-                             "or the official release)")
+                        help="ResNet-50 checkpoint in any layout bt_transfer.convert reads (resnet50.pth from "
+                             "pretraining or the official release, checkpoint.pth, torchvision, MoCo, VISSL...)")
+    parser.add_argument("--format", default="auto", choices=("auto", *FORMATS),
+                        help="layout of --weights (default: auto)")
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder root with train/ and val/")
     parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds checkpoint.pth)")
     parser.add_argument("--label", help="how the report names the backbone (default: the weights file name)")
@@ -83,63 +82,26 @@ def parse_args(argv=None):
     return config
 
 
-def load_backbone(path, num_classes=1000):
-    """torchvision ResNet-50 with the backbone weights of ``path`` and a fresh ``num_classes``-way
-    classifier, weights N(0, 0.01) and bias 0.
-
-    Only ``fc.weight`` / ``fc.bias`` may be absent; an ``fc`` in the file is ignored because the
-    protocol always trains a new head.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"--weights {path}: no such file (expected resnet50.pth from `make pretrain` "
-                           f"or the official Barlow Twins release)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types; all mean "not a state dict"
-        raise WeightsError(f"--weights {path}: cannot be read as a PyTorch state dict ({e})") from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        nested = [k for k in ("model", "state_dict") if isinstance(state, dict) and k in state]
-        hint = (f" (it holds {nested[0]!r}: a training checkpoint? pass the exported resnet50.pth)"
-                if nested else "")
-        raise WeightsError(f"--weights {path}: expected a dict of tensors{hint}")
-    backbone = {k: v for k, v in state.items() if k not in FC_KEYS}
+def load_backbone(path, num_classes=1000, fmt="auto"):
+    """(torchvision ResNet-50 with the backbone of checkpoint ``path`` and a fresh ``num_classes``-way classifier,
+    the backbone's tensors as read). Any layout ``bt_transfer.convert`` reads, with the same strict checks; the
+    classifier starts from N(0, 0.01) weights and zero bias, as the protocol trains a new head."""
+    _, trunk, _ = read_resnet50(path, fmt)
     model = models.resnet50(num_classes=num_classes)
-    try:
-        missing, unexpected = model.load_state_dict(backbone, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise WeightsError(f"--weights {path}: tensor shapes differ from torchvision resnet50: {e}") from e
-    missing = [k for k in missing if k not in FC_KEYS]
-    if missing or unexpected:
-        raise WeightsError(f"--weights {path}: not a torchvision ResNet-50 backbone (only fc.weight and "
-                           f"fc.bias may be absent): missing keys {_key_list(missing)}; "
-                           f"unexpected keys {_key_list(unexpected)}{_prefix_hint(unexpected)}")
+    missing, unexpected = model.load_state_dict(trunk, strict=False)
+    assert not unexpected and all(k in FC_KEYS or k.endswith(BN_COUNTER) for k in missing), (missing, unexpected)
     nn.init.normal_(model.fc.weight, mean=0.0, std=0.01)
     nn.init.zeros_(model.fc.bias)
-    return model
+    return model, trunk
 
 
-def _key_list(keys, shown=20):
-    if len(keys) <= shown:
-        return f"[{', '.join(keys)}]"
-    return f"[{', '.join(keys[:shown])}, ... ({len(keys) - shown} more)]"
-
-
-def _prefix_hint(unexpected):
-    prefixes = {k.split(".", 1)[0] for k in unexpected}
-    if unexpected and len(prefixes) == 1 and prefixes.pop() in ("module", "backbone", "encoder", "model"):
-        return f" (every key starts with '{unexpected[0].split('.', 1)[0]}.': convert or strip the prefix first)"
-    return ""
-
-
-def assert_backbone_unchanged(model, path):
-    """Fail loudly unless every backbone parameter and BN buffer equals ``path`` bit for bit."""
-    reference = torch.load(path, map_location="cpu", weights_only=True)
+def assert_backbone_unchanged(model, trunk):
+    """Fail loudly unless every backbone parameter and BN buffer equals ``trunk`` (as read) bit for bit."""
     current = model.state_dict()
-    changed = [k for k, v in current.items() if k not in FC_KEYS and not torch.equal(v.cpu(), reference[k])]
+    changed = [k for k, v in trunk.items() if not torch.equal(current[k].cpu(), v)]
     if changed:
-        raise RuntimeError(f"linear evaluation changed the frozen backbone: {_key_list(changed)} differ from "
-                           f"{path}; the result would not measure these weights and is not written")
+        raise RuntimeError(f"linear evaluation changed the frozen backbone: {listing(changed)} differ from the "
+                           "weights read; the result would not measure these weights and is not written")
 
 
 def choose_subset(config, train, out, write):
@@ -161,77 +123,42 @@ def choose_subset(config, train, out, write):
     return indices, info
 
 
-def build_optimizer(model, config):
-    """SGD momentum 0.9 with the classifier and (semisup) the backbone as groups with their own base lr."""
-    head = [p for n, p in model.named_parameters() if n in FC_KEYS]
-    groups = [dict(params=head, base_lr=config["lr_classifier"])]
-    if config["mode"] == "semisup":
-        backbone = [p for n, p in model.named_parameters() if n not in FC_KEYS]
-        groups.append(dict(params=backbone, base_lr=config["lr_backbone"]))
-    return torch.optim.SGD(groups, lr=0.0, momentum=0.9, weight_decay=config["weight_decay"])
-
-
-def make_loaders(train_set, val_set, config, info):
-    # Each process takes every world_size-th index of one shared permutation: the global batches, and
-    # (with per-image seeds) every crop in them, are those of a single process with the whole batch.
-    sampler = EpochKeySampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                              seed=config["seed"])
-    options = dict(batch_size=config["batch_size"] // info.world_size, num_workers=config["workers"],
-                   pin_memory=info.device.type == "cuda", persistent_workers=config["workers"] > 0)
-    train_loader = torch.utils.data.DataLoader(train_set, sampler=sampler, **options)
-    # Disjoint shards without padding, so the summed counts cover each val image exactly once.
-    val_shard = torch.utils.data.Subset(val_set, range(info.rank, len(val_set), info.world_size))
-    return sampler, train_loader, torch.utils.data.DataLoader(val_shard, **options)
-
-
-def train_one_epoch(model, loader, optimizer, device, progress, step, images_per_step):
-    """One pass over this process's share; returns the mean loss over all processes, images/s and the step."""
-    loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
-    start = time.monotonic()
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        # Summed on the device: reading the loss every step would stall the GPU.
-        loss_sum += loss.detach() * len(targets)
-        seen += len(targets)
-        step += 1
-        if progress is not None:
-            progress.update(step, images_per_step, memory_gb=peak_memory_gb(device))
-    totals = torch.stack([loss_sum, torch.tensor(seen, dtype=torch.float64, device=device)])
-    if dist.is_initialized():
-        dist.all_reduce(totals)
-    return (totals[0] / totals[1]).item(), totals[1].item() / (time.monotonic() - start), step
-
-
-@torch.no_grad()
-def evaluate(model, loader, device, num_classes):
-    """Top-1 and top-5 accuracy (%) over this process's shard, summed over all processes."""
-    model.eval()
-    k = min(5, num_classes)
-    counts = torch.zeros(3, dtype=torch.float64, device=device)
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        hits = model(images).topk(k, dim=1).indices == targets[:, None]
-        counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.tensor(len(targets), device=device)])
-    if dist.is_initialized():
-        dist.all_reduce(counts)
-    return (100 * counts[0] / counts[2]).item(), (100 * counts[1] / counts[2]).item()
-
-
 def load_checkpoint(path, config):
     """The state saved after the last finished epoch, refused if it was written with other settings."""
     checkpoint = load_state(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
-        raise ValueError(f"{path}: not a checkpoint of pretrain.evaluate; use another --out")
+        raise CheckpointError(f"{path}: not a checkpoint of pretrain.evaluate; use another --out")
     changed = [f"{k} {checkpoint['config'].get(k)!r} -> {config[k]!r}"
                for k in RESUME_KEYS if checkpoint["config"].get(k) != config[k]]
     if changed:
-        raise ValueError(f"{path} belongs to a run with other settings ({'; '.join(changed)}): "
+        raise CheckpointError(f"{path} belongs to a run with other settings ({'; '.join(changed)}): "
                          f"use another --out, or delete the checkpoint to start over")
     return checkpoint
+
+
+def prepare(config, info):
+    """The datasets, model and labelled subset of a run, and its config with the hashes that identify it."""
+    train_set, val_set = image_folders(config["data"], config["image_size"], config["val_resize"], config["seed"])
+    facts = dict(classes=len(train_set.classes), train_images=len(train_set), val_images=len(val_set))
+    torch.manual_seed(config["seed"])
+    model, trunk = load_backbone(config["weights"], len(train_set.classes), config["format"])
+    subset = None
+    if config["mode"] == "semisup":
+        indices, subset = choose_subset(config, train_set, config["out"], write=info.is_main)
+        train_set = train_set.select(indices)
+    config = dict(config, weights_sha256=sha256_file(config["weights"]),
+                  subset_sha256=subset["sha256"] if subset else None, world_size=info.world_size)
+    return config, model, trunk, train_set, val_set, facts, subset
+
+
+def resume(path, config, model, optimizer):
+    """(first epoch to train, best and last accuracies) after restoring ``path`` if it exists."""
+    if not path.is_file():
+        return 0, dict(top1=0.0, top5=0.0), None
+    checkpoint = load_checkpoint(path, config)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return checkpoint["epoch"], checkpoint["best"], checkpoint["last"]
 
 
 def run(config):
@@ -243,30 +170,14 @@ def run(config):
         raise ValueError(f"--batch-size {config['batch_size']} is not divisible by the {info.world_size} processes")
     task = eval_protocol.task_name(config["mode"], config["percent"])
     linear = config["mode"] == "linear"
-
-    train_set, val_set = image_folders(config["data"], config["image_size"], config["val_resize"], config["seed"])
-    facts = dict(classes=len(train_set.classes), train_images=len(train_set), val_images=len(val_set))
-    torch.manual_seed(config["seed"])
-    model = load_backbone(config["weights"], num_classes=len(train_set.classes))
-    subset = None
-    if not linear:
-        indices, subset = choose_subset(config, train_set, out, write=info.is_main)
-        train_set = train_set.select(indices)
-    config = dict(config, weights_sha256=sha256_file(config["weights"]),
-                  subset_sha256=subset["sha256"] if subset else None, world_size=info.world_size)
-
+    config, model, trunk, train_set, val_set, facts, subset = prepare(config, info)
     if linear:
         model.requires_grad_(False)
         model.fc.requires_grad_(True)
     model.to(device)
     optimizer = build_optimizer(model, config)
-    start_epoch, best, last = 0, dict(top1=0.0, top5=0.0), None
     checkpoint_path = out / "checkpoint.pth"
-    if checkpoint_path.is_file():
-        checkpoint = load_checkpoint(checkpoint_path, config)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_epoch, best, last = checkpoint["epoch"], checkpoint["best"], checkpoint["last"]
+    start_epoch, best, last = resume(checkpoint_path, config, model, optimizer)
     trained = model
     if info.distributed:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -293,7 +204,7 @@ def run(config):
         last = dict(top1=top1, top5=top5)
         best = dict(top1=max(best["top1"], top1), top5=max(best["top5"], top5))
         if linear:
-            assert_backbone_unchanged(model, config["weights"])
+            assert_backbone_unchanged(model, trunk)
         if info.is_main:
             lrs = dict(lr=optimizer.param_groups[0]["lr"])
             if not linear:
@@ -305,21 +216,27 @@ def run(config):
                                                   optimizer=optimizer.state_dict(), best=best, last=last,
                                                   config={k: _jsonable(config[k]) for k in RESUME_KEYS}))
     if linear:  # also covers a finished run restarted from its last checkpoint
-        assert_backbone_unchanged(model, config["weights"])
+        assert_backbone_unchanged(model, trunk)
     if not info.is_main:
         return None
     metrics.close()
+    return write_record(config, task, last, best, facts, subset)
+
+
+def write_record(config, task, last, best, facts, subset):
+    """``OUT/result.json`` of a finished run: the last epoch's accuracies (and the best ones), every deviation."""
     record = make_record(
         task=task,
         metrics=dict(top1=last["top1"], top5=last["top5"], top1_best=best["top1"], top5_best=best["top5"]),
         seed=config["seed"],
         weights=dict(path=str(config["weights"]), sha256=config["weights_sha256"], label=config["label"]),
         config={k: _jsonable(v) for k, v in config.items()},
-        world_size=info.world_size,
-        deviations=eval_protocol.deviations(config, facts, subset),
+        world_size=config["world_size"],
+        deviations=[*eval_protocol.deviations(config, facts, subset),
+                    *pretraining_deviations(read_pretraining_args(config["weights"]))],
         extra=dict(facts, epochs=config["epochs"], **({"subset": subset} if subset else {})),
     )
-    path = write_result(out, record)
+    path = write_result(config["out"], record)
     print(f"{task}: top-1 {last['top1']:.2f} top-5 {last['top5']:.2f} "
           f"(best {best['top1']:.2f} / {best['top5']:.2f}) -> {path}", file=sys.stderr)
     return record
@@ -329,6 +246,7 @@ def _jsonable(value):
     return str(value) if isinstance(value, Path) else value
 
 
+@command
 def main(argv=None):
     config = parse_args(argv)
     try:

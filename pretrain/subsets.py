@@ -12,13 +12,16 @@ import random
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
+from bt_transfer.core.errors import UserError
+from bt_transfer.core.text import listing
+
 # Lines in SimCLR's lists: 1% and 10% of ImageNet-1k's 1,281,167 training images (TFDS imagenet2012_subset
 # documents the same counts; most classes get the same number of images, some one more).
 SIMCLR_SUBSET_IMAGES = {1: 12811, 10: 128116}
 SIMCLR_URL = "https://github.com/google-research/simclr/tree/master/imagenet_subsets"
 
 
-class SubsetError(ValueError):
+class SubsetError(UserError, ValueError):
     """A subset that cannot be used; the message names the file and what was expected."""
 
 
@@ -93,8 +96,8 @@ def subset_indices(files, subset, source, root):
     position = {relative: index for index, relative in enumerate(files)}
     missing = [relative for relative in subset if relative not in position]
     if missing:
-        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise SubsetError(f"{source}: {len(missing)} of {len(subset)} listed images are not in {root}: {shown}")
+        raise SubsetError(f"{source}: {len(missing)} of {len(subset)} listed images are not in {root}: "
+                          f"{listing(missing, shown=5)}")
     return [position[relative] for relative in subset]
 
 

@@ -32,9 +32,11 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from bt_transfer.fileio import write_json
-from bt_transfer.progress import MetricsLog, Progress, peak_memory_gb
-from bt_transfer.results import code_version
+from bt_transfer.core.fileio import write_json
+from bt_transfer.core.provenance import PAPER_PRETRAINING as PAPER
+from bt_transfer.core.progress import MetricsLog, Progress, peak_memory_gb
+from bt_transfer.core.records import code_version
+from bt_transfer.datasets.facts import generated_manifest
 from pretrain.augment import TwoViews, normalize_batch
 from pretrain.barlow_twins import LOSS_FORMS, BarlowTwins, parse_projector
 from pretrain.checkpoint import (
@@ -56,16 +58,20 @@ def build_parser():
     )
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder root: <data>/<class>/<image>")
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics, resnet50.pth")
-    parser.add_argument("--epochs", type=int, default=1000, help="passes over the data (paper: 1000)")
-    parser.add_argument("--batch-size", type=int, default=2048, help="global batch, over all processes")
-    parser.add_argument("--projector", default="8192-8192-8192", help="projector layer widths")
-    parser.add_argument("--lambd", type=float, default=0.0051, help="weight of the off-diagonal terms")
-    parser.add_argument("--learning-rate-weights", type=float, default=0.2, help="multiplier of batch/256 for weights")
-    parser.add_argument("--learning-rate-biases", type=float, default=0.0048,
+    parser.add_argument("--epochs", type=int, default=PAPER["epochs"], help="passes over the data (paper: 1000)")
+    parser.add_argument("--batch-size", type=int, default=PAPER["batch_size"],
+                        help="global batch, over all processes")
+    parser.add_argument("--projector", default=PAPER["projector"], help="projector layer widths")
+    parser.add_argument("--lambd", type=float, default=PAPER["lambd"], help="weight of the off-diagonal terms")
+    parser.add_argument("--learning-rate-weights", type=float, default=PAPER["learning_rate_weights"],
+                        help="multiplier of batch/256 for weights")
+    parser.add_argument("--learning-rate-biases", type=float, default=PAPER["learning_rate_biases"],
                         help="multiplier of batch/256 for biases and BN parameters")
-    parser.add_argument("--weight-decay", type=float, default=1e-6, help="LARS weight decay (paper: 1.5e-6)")
-    parser.add_argument("--warmup-epochs", type=int, default=10, help="linear warmup before the cosine decay")
-    parser.add_argument("--image-size", type=int, default=224, help="side of the square crops")
+    parser.add_argument("--weight-decay", type=float, default=PAPER["weight_decay"],
+                        help="LARS weight decay (paper's text: 1.5e-6)")
+    parser.add_argument("--warmup-epochs", type=int, default=PAPER["warmup_epochs"],
+                        help="linear warmup before the cosine decay")
+    parser.add_argument("--image-size", type=int, default=PAPER["image_size"], help="side of the square crops")
     parser.add_argument("--workers", type=int, default=8, help="data-loading processes per training process")
     parser.add_argument("--seed", type=int, default=0, help="model init, data order and augmentations")
     parser.add_argument("--loss-form", choices=LOSS_FORMS, default="auto",
@@ -138,6 +144,7 @@ class RunLog:
             **resolved, "argv": argv, "world_size": dist_info.world_size, "code_version": code_version(),
             "steps_per_epoch": steps_per_epoch, "resumed_from_step": start_step,
             "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
+            "generated_data": str(manifest) if (manifest := generated_manifest(args.data)) else None,
         })
         self.metrics = MetricsLog(args.out / "metrics.jsonl")
         self.writer = SummaryWriter(args.out / "tensorboard")

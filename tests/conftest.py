@@ -5,6 +5,6 @@ import pytest
 @pytest.fixture(scope="session")
 def generated_data(tmp_path_factory):
     """Path of one generated dataset tree (ImageNet folder, VOC2007/2012, COCO), made once per session."""
-    from bt_transfer.synthetic import generate
+    from bt_transfer.datasets.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("generated") / "datasets")

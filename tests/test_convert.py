@@ -20,9 +20,12 @@ import torchvision
 from PIL import Image
 
 import bt_transfer.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
-from bt_transfer.convert import ConversionError, checkpoint_to_detectron2, convert_file, detect_format, main
+from bt_transfer.convert.__main__ import main
+from bt_transfer.convert.detectron2 import convert_file, to_detectron2
+from bt_transfer.convert.formats import detect_format, trunk_of
+from bt_transfer.convert.resnet50 import ConversionError
 from bt_transfer.d2_weights import FROM_SCRATCH, WeightsLoadError, load_backbone_weights
-from bt_transfer.fileio import sha256_file
+from bt_transfer.core.fileio import sha256_file
 from detectron2.config import get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
@@ -57,7 +60,7 @@ def state_dict(resnet50):
 
 @pytest.fixture(scope="module")
 def reference(state_dict):
-    return checkpoint_to_detectron2(state_dict, "torchvision")[1]
+    return to_detectron2(trunk_of(state_dict, "torchvision")[1])
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +208,8 @@ def test_each_format_is_recognised_and_gives_the_same_arrays(case, state_dict, b
     obj = FORMAT_CASES[case](state_dict, barlow_twins)
     expected_format = case.removesuffix("-ddp")
     assert detect_format(obj) == expected_format
-    fmt, arrays, dropped = checkpoint_to_detectron2(obj)
+    fmt, trunk, dropped = trunk_of(obj)
+    arrays = to_detectron2(trunk)
     assert fmt == expected_format and arrays.keys() == reference.keys()
     assert all(np.array_equal(arrays[k], reference[k]) for k in reference)
     parts = {"checkpoint": {"projector", "bn"}, "moco": {"encoder_q.fc", "encoder_k", "queue"}, "torchvision": {"fc"}}
@@ -214,10 +218,10 @@ def test_each_format_is_recognised_and_gives_the_same_arrays(case, state_dict, b
 
 def test_forced_format_must_match_the_structure(state_dict):
     with pytest.raises(ConversionError, match=r"no \['state_dict'\] entry, which a 'moco' checkpoint has"):
-        checkpoint_to_detectron2(vissl_checkpoint(state_dict), "moco")
+        trunk_of(vissl_checkpoint(state_dict), "moco")
     fc_left_in = r"(?s)does not match the ResNet-50 trunk.*unexpected \(2\): fc\.bias, fc\.weight"
     with pytest.raises(ConversionError, match=fc_left_in):
-        checkpoint_to_detectron2(state_dict, "barlowtwins")
+        trunk_of(state_dict, "barlowtwins")
 
 
 def test_cli_converts_our_pretraining_checkpoint(workdir, barlow_twins, reference):

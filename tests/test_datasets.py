@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bt_transfer.datasets import DATASETS, DatasetLayoutError, check_datasets, main, use_datasets_root
+from bt_transfer.datasets.__main__ import main
+from bt_transfer.datasets.layout import DATASETS, DatasetLayoutError, check_datasets, use_datasets_root
 
 VOC_NAMES = ("voc_2007_trainval", "voc_2012_trainval", "voc_2007_test")
 COCO_NAMES = ("coco_2017_train", "coco_2017_val")
@@ -99,7 +100,7 @@ def test_builtin_registration_under_the_environment_variable_is_checked_as_is(ge
     """No call to use_datasets_root: Detectron2's import-time registration reads $DETECTRON2_DATASETS."""
     script = (
         "import detectron2.data as d\n"
-        "from bt_transfer.datasets import DATASETS, check_datasets\n"
+        "from bt_transfer.datasets.layout import DATASETS, check_datasets\n"
         "check_datasets(list(DATASETS))\n"
         "print(len(d.DatasetCatalog.get('voc_2007_test')), d.MetadataCatalog.get('coco_2017_val').image_root)\n"
     )

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bt_transfer import fileio, progress, results
+from bt_transfer.core import fileio, progress, provenance
+from bt_transfer.core import records as results
+from bt_transfer.datasets.facts import generated_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 PURE_PYTHON_BUILD = "purepy" in __import__("importlib.metadata").metadata.version("detectron2")
@@ -133,15 +135,20 @@ def test_evaluations_of_a_short_pretraining_on_generated_data_are_not_full_proto
     data = tmp_path / "data"
     (data / "imagenet" / "train").mkdir(parents=True)
     (data / "synthetic.json").write_text("{}")
+    manifest = generated_manifest(data / "imagenet" / "train")
+    assert manifest == data / "synthetic.json" and generated_manifest(tmp_path) is None
     run = tmp_path / "pretrain"
     fileio.write_json(run / "args.json", {"epochs": 2, "batch_size": 2048, "projector": "512-512",
                                          "lambd": 0.0051, "image_size": 224, "max_steps": None,
-                                         "data": str(data / "imagenet" / "train")})
-    record = _record(weights={"path": str(run / "resnet50.pth"), "sha256": "0" * 64, "label": "BT"})
-    record = results.make_record(**{k: record[k] for k in ("task", "metrics", "seed", "weights", "config",
-                                                            "world_size")})
-    assert record["protocol"] == {"full": False, "deviations": [
+                                         "data": str(data / "imagenet" / "train"), "generated_data": str(manifest)})
+    args = provenance.read_pretraining_args(run / "resnet50.pth")
+    assert provenance.pretraining_deviations(args) == [
         "backbone pretrained with epochs 2 (paper: 1000)",
         "backbone pretrained with projector 512-512 (paper: 8192-8192-8192)",
         f"backbone pretrained on generated data ({data / 'imagenet' / 'train'})",
-    ]}
+    ]
+    # Weights from elsewhere (no pretraining record beside them) add nothing; an evaluation's args.json is not one.
+    assert provenance.read_pretraining_args(tmp_path / "resnet50.pth") is None
+    fileio.write_json(tmp_path / "linear" / "args.json", {"mode": "linear", "epochs": 100})
+    assert provenance.read_pretraining_args(tmp_path / "linear" / "resnet50.pth") is None
+    assert provenance.pretraining_deviations(None) == []

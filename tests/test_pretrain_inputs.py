@@ -7,7 +7,8 @@ from PIL import Image
 from pretrain.augment import TwoViews
 from pretrain.barlow_twins import BarlowTwins
 from pretrain.checkpoint import CheckpointError, export_backbone, read_checkpoint, resume, save_checkpoint
-from pretrain.data import CorruptImageError, DataError, ResumableSampler, TwoViewDataset
+from pretrain.data import ResumableSampler, TwoViewDataset
+from pretrain.images import CorruptImageError, DataError
 from pretrain.lars import LARS, param_groups
 from pretrain.train import main, parse_args
 
@@ -84,7 +85,7 @@ def test_truncated_checkpoint_is_named(saved_checkpoint, tmp_path):
     path, _ = saved_checkpoint
     truncated = tmp_path / "checkpoint.pth"
     truncated.write_bytes(path.read_bytes()[:100_000])
-    with pytest.raises(CheckpointError, match=f"{truncated}: cannot read this checkpoint.*truncated"):
+    with pytest.raises(CheckpointError, match=f"{truncated}: not a readable PyTorch checkpoint \\(truncated"):
         read_checkpoint(truncated)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from bt_transfer.progress import read_metrics
+from bt_transfer.core.progress import read_metrics
 from pretrain.checkpoint import read_checkpoint
 from pretrain.train import main
 

@@ -18,7 +18,7 @@ import pytest
 
 from bt_transfer import aggregate, paper, render, report
 from bt_transfer.report import build_report
-from bt_transfer.results import METRIC_KEYS, make_record, write_result
+from bt_transfer.core.records import METRIC_KEYS, make_record, write_result
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 UPDATE_GOLDEN = os.environ.get("BT_UPDATE_GOLDEN") == "1"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt_transfer import synthetic
-from bt_transfer.fileio import sha256_file
+from bt_transfer.datasets import synthetic
+from bt_transfer.core.fileio import sha256_file
 
 
 def _digests(root):

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from bt_transfer import train_net, transfer
-from bt_transfer.fileio import sha256_file, sha256_json
-from bt_transfer.results import METRIC_KEYS, load_result
+from bt_transfer.core.fileio import sha256_file, sha256_json
+from bt_transfer.core.records import METRIC_KEYS, load_result
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO's object-size ranges
 TEST_OPTS = ("SOLVER.MAX_ITER", "2")  # on top of --smoke

@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 from bt_transfer import __version__
-from bt_transfer.fileio import sha256_json, write_json
+from bt_transfer.core.fileio import sha256_json, write_json
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
@@ -36,11 +36,6 @@ METRIC_KEYS = {
     "semisup-1": ("top1", "top5"),
     "semisup-10": ("top1", "top5"),
 }
-# The pretraining behind the paper's rows (official defaults; Zbontar et al. 2021, Sec. 4). A backbone
-# from our own pretraining that departs from it cannot give full-protocol evaluation rows, however
-# faithfully it is evaluated.
-PAPER_PRETRAINING = {"epochs": 1000, "batch_size": 2048, "projector": "8192-8192-8192", "lambd": 0.0051,
-                     "image_size": 224, "max_steps": None}
 REQUIRED = ("schema", "task", "metrics", "seed", "weights", "protocol", "config", "config_sha256",
             "code_version", "world_size")
 
@@ -62,34 +57,11 @@ def code_version():
         return __version__
 
 
-def pretraining_deviations(weights_path):
-    """How the pretraining run that exported ``weights_path`` departs from the paper's, in words.
-
-    Read from the ``args.json`` that ``pretrain.train`` writes beside ``resnet50.pth``; weights from
-    elsewhere (the official release, torchvision) have none and yield no deviations.
-    """
-    args_file = Path(weights_path).parent / "args.json"
-    try:
-        args = json.loads(args_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    if not isinstance(args, dict) or not {"epochs", "batch_size", "projector"} <= args.keys():
-        return []  # not a pretraining record
-    deviations = [
-        f"backbone pretrained with {key} {args[key]} (paper: {paper})"
-        for key, paper in PAPER_PRETRAINING.items() if key in args and args[key] != paper
-    ]
-    data = Path(str(args.get("data", "")))
-    if any((folder / "synthetic.json").is_file() for folder in (data, *data.parents)):
-        deviations.append(f"backbone pretrained on generated data ({data})")
-    return deviations
-
-
 def make_record(task, metrics, seed, weights, config, world_size, deviations=(), extra=None):
     """Build and validate a record. ``weights`` is {"path", "sha256", "label"}; ``deviations`` lists
-    every way this run departs from the paper's protocol, in words (empty for a full-protocol run).
-    The deviations of the backbone's own pretraining, when it is ours, are added here."""
-    deviations = [*deviations, *pretraining_deviations(weights["path"])]
+    every way this run departs from the paper's protocol, in words (empty for a full-protocol run),
+    those of the backbone's pretraining included (``bt_transfer.core.provenance``)."""
+    deviations = list(deviations)
     record = {
         "schema": SCHEMA_VERSION,
         "task": task,

@@ -1,23 +1,18 @@
 """Detectron2's builtin VOC and COCO dataset names, pointed at a chosen root and checked before training.
 
-Detectron2 registers ``voc_2007_trainval``, ``coco_2017_train`` and the rest once, when
-``detectron2.data`` is first imported, under ``$DETECTRON2_DATASETS`` as it was at that
-moment. ``use_datasets_root(root)`` re-registers the names this suite trains and tests on,
-with Detectron2's own loaders and builtin metadata, so the configs keep their standard
-``DATASETS.TRAIN``/``TEST`` names wherever the data lives. ``check_datasets(names)`` then
-verifies every path those loaders will open, so a wrong root fails in a second with the
-exact path and the expected layout instead of deep inside a data-loader worker::
-
-    root = use_datasets_root("/data")             # or $DETECTRON2_DATASETS, else ./datasets
-    check_datasets(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
-
-From the shell: ``python -m bt_transfer.datasets [--root DIR] [NAME ...]`` checks a root.
+Detectron2 registers ``voc_2007_trainval``, ``coco_2017_train`` and the rest once, when ``detectron2.data``
+is first imported, under ``$DETECTRON2_DATASETS`` as it was then. ``use_datasets_root(root)`` re-registers
+the names this suite uses with Detectron2's own loaders and metadata, so the configs keep their standard
+names wherever the data lives; ``check_datasets(names)`` then verifies every path those loaders will open,
+so a wrong root fails in a second with the exact path and the expected layout.
 """
-import argparse
+import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from bt_transfer.core.errors import UserError
+from bt_transfer.datasets.facts import COCO_SIZE_RANGES, REAL_IMAGES
 
 
 @dataclass(frozen=True)
@@ -107,7 +102,11 @@ EXPECTED_LAYOUT = """\
                                      COCO instances with the 80 COCO categories"""
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetError(UserError):
+    """Datasets that cannot give the benchmark's numbers; the message names the dataset, file and problem."""
+
+
+class DatasetLayoutError(DatasetError, FileNotFoundError):
     """A dataset's files are not where Detectron2 will read them. ``paths`` lists the missing ones."""
 
     def __init__(self, message, paths):
@@ -174,22 +173,38 @@ def check_datasets(names, root=None):
             "Generated data in this layout: python -m bt_transfer.synthetic --out DIR", paths)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m bt_transfer.datasets",
-        description="Check that Detectron2's builtin VOC/COCO names find their files under a datasets root.")
-    parser.add_argument("names", nargs="*", default=list(DATASETS), metavar="NAME",
-                        help=f"dataset names to check (default: all of {', '.join(DATASETS)})")
-    parser.add_argument("--root", help="datasets root (default: $DETECTRON2_DATASETS, else ./datasets)")
-    args = parser.parse_args(argv)
-    try:
-        root = use_datasets_root(args.root)
-        check_datasets(args.names)
-    except (ValueError, DatasetLayoutError) as error:
-        parser.exit(1, f"error: {error}\n")
-    print(f"{root}: {', '.join(dict.fromkeys(args.names))} in place")
-    return 0
+def _images_in(name):
+    """How many images the loader of ``name`` will read, from its split list or image folder."""
+    from detectron2.data import MetadataCatalog
+
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("split"):
+        return len((Path(metadata.dirname) / "ImageSets" / "Main" / f"{metadata.split}.txt").read_text().split())
+    return sum(1 for entry in os.scandir(metadata.image_root) if entry.is_file())
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def dataset_deviations(names):
+    """A deviation when a split holds fewer images than the real one (e.g. generated data)."""
+    smaller = [f"{name} {count} images (real: {REAL_IMAGES[name]})"
+               for name in names if (count := _images_in(name)) < REAL_IMAGES[name]]
+    return [f"not the benchmark's data: {', '.join(smaller)}"] if smaller else []
+
+
+def check_size_ranges(names):
+    """COCO test sets must hold ground truth in every size range the record reports (APs/APm/APl).
+
+    COCOeval reports -1 for a range without ground truth (Detectron2: NaN), and a result record
+    holds numbers only: better to stop now than after training. Only sets with a COCO json apply.
+    """
+    from detectron2.data import MetadataCatalog
+
+    for name in names:
+        json_file = MetadataCatalog.get(name).get("json_file")
+        if MetadataCatalog.get(name).get("evaluator_type") != "coco" or not json_file:
+            continue
+        areas = [a["area"] for a in json.loads(Path(json_file).read_text())["annotations"] if not a.get("iscrowd")]
+        empty = [label for label, low, high in COCO_SIZE_RANGES if not any(low <= area < high for area in areas)]
+        if empty:
+            raise DatasetError(
+                f"{name} ({json_file}) has no ground-truth objects of {' or '.join(empty)} size, so COCO's AP for "
+                "that range is undefined; use a test set with objects of every size (generated data: --size 256)")

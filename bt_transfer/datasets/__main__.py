@@ -1,0 +1,27 @@
+"""``python -m bt_transfer.datasets [--root DIR] [NAME ...]``: check a datasets root the way the runners do."""
+import argparse
+import sys
+
+from bt_transfer.datasets.layout import DATASETS, DatasetError, check_datasets, use_datasets_root
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m bt_transfer.datasets",
+        description="Check that Detectron2's builtin VOC/COCO names find their files under a datasets root.")
+    parser.add_argument("names", nargs="*", default=list(DATASETS), metavar="NAME",
+                        help=f"dataset names to check (default: all of {', '.join(DATASETS)})")
+    parser.add_argument("--root", help="datasets root (default: $DETECTRON2_DATASETS, else ./datasets)")
+    args = parser.parse_args(argv)
+    try:
+        root = use_datasets_root(args.root)
+        check_datasets(args.names)
+    except (ValueError, DatasetError) as error:
+        parser.exit(1, f"error: {error}\n")
+    print(f"{root}: {', '.join(dict.fromkeys(args.names))} in place")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
