@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bt_transfer import aggregate, paper, render, report
-from bt_transfer.report import build_report
+from bt_transfer.report import aggregate, paper, render
+from bt_transfer.report import build as report
+from bt_transfer.report.build import build_report
 from bt_transfer.core.records import METRIC_KEYS, make_record, write_result
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
@@ -268,7 +269,7 @@ def test_paper_csv_errors_name_the_line():
 
 
 def test_report_cli_imports_neither_torch_nor_detectron2(tmp_path):
-    code = ("import sys; from bt_transfer.report import main; main(['--results', '--out', sys.argv[1]]); "
+    code = ("import sys; from bt_transfer.report.__main__ import main; main(['--results', '--out', sys.argv[1]]); "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'detectron2', 'torchvision')); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, text=True)

@@ -15,7 +15,7 @@ rule here is testable on hand-made cases. The rules:
 import statistics
 from dataclasses import dataclass, field
 
-from bt_transfer.paper import TASK_NAMES
+from bt_transfer.report.paper import TASK_NAMES
 
 
 @dataclass(frozen=True)

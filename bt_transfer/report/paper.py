@@ -1,6 +1,6 @@
 """The paper's Tables 1, 2 and 4: their layout and their published numbers.
 
-The numbers live in ``bt_transfer/data/paper_results.csv``, one value per line with its source, in the
+The numbers live in ``bt_transfer/report/data/paper_results.csv``, one value per line with its source, in the
 paper's row order; an empty value is the paper's "-". The paper calls its own rows "Barlow Twins (ours)" and
 "BT (ours)"; here they are "(paper)" so that they cannot be confused with the runs of this suite.
 
@@ -94,8 +94,8 @@ class PaperRow:
 def load_paper_rows(text=None):
     """{table name: [PaperRow, ...] in the paper's order}. ``text`` replaces the packaged CSV (for tests)."""
     if text is None:
-        text = resources.files("bt_transfer").joinpath("data", PAPER_CSV).read_text()
-    where = f"bt_transfer/data/{PAPER_CSV}"
+        text = resources.files("bt_transfer.report").joinpath("data", PAPER_CSV).read_text()
+    where = f"bt_transfer/report/data/{PAPER_CSV}"
     reader = csv.DictReader(text.splitlines())
     if tuple(reader.fieldnames or ()) != CSV_FIELDS:
         raise ValueError(f"{where}: header is {reader.fieldnames}, expected {list(CSV_FIELDS)}")

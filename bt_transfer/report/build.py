@@ -1,23 +1,12 @@
-"""Rebuild the report: the paper's Tables 1, 2 and 4 with our runs beside them.
-
-    python -m bt_transfer.report [--results DIR ...] [--out tables/] [--pretrain-log DIR ...]
-
-Reads every ``result.json`` under the results folders (``bt_transfer.core.records.collect_results``), aggregates
-seeds (``bt_transfer.aggregate``) and writes, for each table, ``<name>.md``, ``.csv``, ``.tex`` and ``.png``,
-then ``README.md`` with all of them and ``pretrain_loss.png`` when a pretraining log is found (a folder with
-``metrics.jsonl`` beside ``args.json``, given with ``--pretrain-log`` or found under the results folders).
-
-Files that cannot be used (invalid JSON, missing keys, no metrics, a run folder without ``result.json`` such as
-a seed that did not finish) are reported by name and left out; the rest is written. Every file is written
-atomically and the same inputs give byte-identical files. Imports neither torch nor Detectron2.
+"""The whole report under one folder: the paper's tables with our rows, plots, the runs behind each row, and
+the files that were left out and why. Imports neither torch nor Detectron2.
 """
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-from bt_transfer import aggregate, paper, plots, render
+from bt_transfer.report import aggregate, paper, plots, render
 from bt_transfer.core.fileio import atomic_write
 from bt_transfer.core.progress import read_metrics
 from bt_transfer.core.records import RESULT_FILE, collect_results
@@ -152,20 +141,3 @@ def build_report(results, out, pretrain_logs=(), stream=None):
         print("no results found: wrote the paper's tables alone", file=stream)
     print(f"report: {out / 'README.md'}", file=stream)
     return problems
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bt_transfer.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", nargs="*", default=["runs"], metavar="DIR",
-                        help="folders searched recursively for result.json (default: runs); "
-                             "give --results alone for the paper's tables only")
-    parser.add_argument("--out", default="tables", help="output folder (default: tables)")
-    parser.add_argument("--pretrain-log", nargs="*", default=[], metavar="DIR",
-                        help="pretraining output folders (metrics.jsonl) for the loss curve, besides those found "
-                             "under --results")
-    args = parser.parse_args(argv)
-    build_report(args.results, args.out, args.pretrain_log)
-
-
-if __name__ == "__main__":
-    main()
