@@ -1,6 +1,8 @@
 """bt-transfer: Barlow Twins ResNet-50 pretraining and its transfer benchmarks.
 
-Importing this package imports neither torch nor Detectron2: each submodule pulls in
-only what its own concern needs (the report reads result records with the stdlib).
+Layers, each importing only those above it: ``core`` (the shared kernel, also used by ``pretrain/``), then
+``convert`` (any ResNet-50 checkpoint, plain torch) and ``datasets``, then ``detection`` (Detectron2) and
+``report`` (stdlib and matplotlib). The top-level modules are command entry points and the demo. Importing
+this package imports neither torch nor Detectron2.
 """
 __version__ = "0.1.0"

@@ -19,12 +19,12 @@ import torch
 import torchvision
 from PIL import Image
 
-import bt_transfer.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
+import bt_transfer.detection.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from bt_transfer.convert.__main__ import main
 from bt_transfer.convert.detectron2 import convert_file, to_detectron2
 from bt_transfer.convert.formats import detect_format, trunk_of
 from bt_transfer.convert.resnet50 import ConversionError
-from bt_transfer.d2_weights import FROM_SCRATCH, WeightsLoadError, load_backbone_weights
+from bt_transfer.detection.weights import FROM_SCRATCH, WeightsLoadError, load_backbone_weights
 from bt_transfer.core.fileio import sha256_file
 from detectron2.config import get_cfg
 from detectron2.data.detection_utils import read_image

@@ -5,9 +5,9 @@ Protocol: Barlow Twins paper (Zbontar et al. 2021), Appendix C.2, which follows 
 import pytest
 import torch
 
-from bt_transfer.scaling import Schedule, describe, linear_scaling
-from bt_transfer.train_net import resolve_config
-from bt_transfer.transfer import CONFIGS
+from bt_transfer.detection.scaling import Schedule, describe, linear_scaling
+from bt_transfer.detection.protocol import resolve_config
+from bt_transfer.detection.protocol import CONFIGS
 
 C2 = "Barlow Twins paper, Appendix C.2"
 
@@ -137,7 +137,7 @@ def voc_model():
 def test_extra_norm_head_is_registered():
     from detectron2.modeling import ROI_HEADS_REGISTRY
 
-    from bt_transfer.roi_heads import Res5ROIHeadsExtraNorm
+    from bt_transfer.detection.roi_heads import Res5ROIHeadsExtraNorm
 
     assert ROI_HEADS_REGISTRY.get("Res5ROIHeadsExtraNorm") is Res5ROIHeadsExtraNorm
 
@@ -179,11 +179,14 @@ def test_res5_output_passes_through_the_extra_norm(voc_model):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
 def test_more_than_one_process_without_cuda_is_refused():
-    from bt_transfer.train_net import argument_parser, world_size_of
+    from bt_transfer.core.errors import UserError
+    from bt_transfer.detection.trainer import argument_parser, cli, world_size_of
 
     assert world_size_of(argument_parser().parse_args(["--num-gpus", "1"])) == 1  # `make` passes GPUS=1 on CPU
-    with pytest.raises(SystemExit, match="CUDA is not available"):
+    with pytest.raises(UserError, match="CUDA is not available"):
         world_size_of(argument_parser().parse_args(["--num-gpus", "2"]))
+    with pytest.raises(SystemExit, match="^error: --num-gpus 2 --num-machines 1 asked for, but CUDA is not available"):
+        cli(["--num-gpus", "2"])
 
 
 def test_detectron2_auto_scaling_and_ours_do_not_stack():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bt_transfer import train_net, transfer
+from bt_transfer.detection import protocol, runner as transfer, trainer as train_net
 from bt_transfer.core.fileio import sha256_file, sha256_json
 from bt_transfer.core.records import METRIC_KEYS, load_result
 
@@ -167,7 +167,7 @@ def test_checkpoint_reloads_strictly_with_the_trained_weights(voc_run):
     _, folder = voc_run
     checkpoint = torch.load(folder / "model_final.pth", map_location="cpu", weights_only=True)
     assert checkpoint["iteration"] == 1
-    cfg = train_net.resolve_config(transfer.CONFIGS["voc"], ["MODEL.DEVICE", "cpu"], world_size=1).cfg
+    cfg = protocol.resolve_config(protocol.CONFIGS["voc"], ["MODEL.DEVICE", "cpu"], world_size=1).cfg
     model = build_model(cfg)
     model.load_state_dict(checkpoint["model"], strict=True)  # every tensor, nothing left over
     with open(folder.parent / "backbone.pkl", "rb") as f:
@@ -181,8 +181,8 @@ def test_checkpoint_reloads_and_evaluates_to_the_recorded_ap(voc_run, voc_root, 
     _, folder = voc_run
     monkeypatch.setenv("DETECTRON2_DATASETS", str(voc_root))
     args = train_net.argument_parser().parse_args([
-        "--config-file", str(transfer.CONFIGS["voc"]), "--num-gpus", "0", "--eval-only",
-        *transfer.SMOKE_OPTS, *TEST_OPTS,
+        "--config-file", str(protocol.CONFIGS["voc"]), "--num-gpus", "0", "--eval-only",
+        *protocol.SMOKE_OPTS, *TEST_OPTS,
         "MODEL.WEIGHTS", str(folder / "model_final.pth"), "OUTPUT_DIR", str(tmp_path)])
     results = train_net.main(args)
     recorded = load_result(folder / "result.json")["metrics"]

@@ -1,7 +1,7 @@
 """Progress lines (throughput, ETA, memory) and JSON-lines metrics for long runs.
 
-Stdlib only, so every runner can use it; callers pass in the memory figure they measured
-(e.g. ``torch.cuda.max_memory_allocated()``) because this module must not import torch.
+It never imports torch, so the report can read metrics without it; ``peak_memory_gb`` asks CUDA for its
+peak only in a process that has already imported torch.
 """
 import json
 import math
