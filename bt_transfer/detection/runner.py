@@ -71,10 +71,13 @@ def prepare_weights(weights, out):
     return Path(summary["output"]).resolve()
 
 
-def finished(result_path, config, weights_sha):
-    """True if ``result_path`` is a finished run of this config and weights; refuses a different one."""
+def finished_record(result_path, config, weights_sha):
+    """The finished record of this config and weights at ``result_path``, or None if the seed has not finished.
+
+    A record of other weights or another config there is an error: the folder belongs to another run.
+    """
     if not result_path.is_file():
-        return False
+        return None
     try:
         record = load_result(result_path)
     except ResultError as e:
@@ -82,7 +85,7 @@ def finished(result_path, config, weights_sha):
     if record["weights"]["sha256"] != weights_sha or record["config_sha256"] != sha256_json(config):
         raise TransferError(f"{result_path.parent} holds a finished run of other weights or another config; "
                             "choose another --out (or delete that folder)")
-    return True
+    return record
 
 
 def check_resumable(folder, config):
@@ -130,7 +133,7 @@ def run_seed(args, seed, resolved, weights_pkl, weights, deviations, datasets_ro
     folder = args.out / f"seed{seed}"
     cfg = seed_config(resolved, seed, folder, weights_pkl)
     config = config_dict(cfg)
-    if finished(folder / RESULT_FILE, config, weights["sha256"]):
+    if finished_record(folder / RESULT_FILE, config, weights["sha256"]) is not None:
         print(f"seed {seed}: finished already ({folder / RESULT_FILE}), skipped")
         return
     check_resumable(folder, config)
