@@ -1,4 +1,4 @@
-"""The ResNet-50 -> Detectron2 C4 converter: equal forward passes, every format, every bad input.
+"""The ResNet-50 -> Detectron2 C4 converter: equal forward passes, the CLI, every bad input.
 
 The heart is the equivalence test: a torchvision ResNet-50 with random weights and random
 BatchNorm statistics, converted and loaded into the C4 model built from the suite's own VOC
@@ -22,7 +22,7 @@ from PIL import Image
 import bt_transfer.detection.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from bt_transfer.convert.__main__ import main
 from bt_transfer.convert.detectron2 import convert_file, to_detectron2
-from bt_transfer.convert.formats import detect_format, trunk_of
+from bt_transfer.convert.formats import trunk_of
 from bt_transfer.convert.resnet50 import ConversionError
 from bt_transfer.detection.weights import FROM_SCRATCH, WeightsLoadError, load_backbone_weights
 from bt_transfer.core.fileio import sha256_file
@@ -159,7 +159,7 @@ def test_coco_mask_model_leaves_only_heads_uninitialised(converted):
     assert all(k.startswith(FROM_SCRATCH) for k in not_loaded)
 
 
-# --- Formats -----------------------------------------------------------------------------------
+# --- Our pretraining checkpoint through the CLI (every layout: test_checkpoint_layouts.py) --------
 
 @pytest.fixture(scope="module")
 def barlow_twins(state_dict):
@@ -167,61 +167,6 @@ def barlow_twins(state_dict):
     model = BarlowTwins(projector="32-32")
     model.backbone.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("fc.")})
     return model
-
-
-def training_checkpoint(model, ddp):
-    """``{"model": ...}`` as a training script saves it; under DDP every key starts with ``module.``."""
-    weights = {("module." if ddp else "") + k: v for k, v in model.state_dict().items()}
-    return {"model": weights, "optimizer": {"state": {}, "param_groups": [{"lr": 0.2, "params": [0, 1]}]},
-            "epoch": 3}
-
-
-def moco_checkpoint(state_dict):
-    encoder = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    encoder |= {"fc.0.weight": torch.zeros(2048, 2048), "fc.0.bias": torch.zeros(2048),  # v2 MLP head
-                "fc.2.weight": torch.zeros(128, 2048), "fc.2.bias": torch.zeros(128)}
-    weights = {f"module.encoder_q.{k}": v for k, v in encoder.items()}
-    # The key (momentum) encoder holds other weights: converting it instead of encoder_q must show.
-    weights |= {f"module.encoder_k.{k}": torch.zeros(()).expand_as(v) for k, v in encoder.items()}
-    weights |= {"module.queue": torch.zeros(128, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
-    return {"epoch": 200, "arch": "resnet50", "state_dict": weights, "optimizer": {}}
-
-
-def vissl_checkpoint(state_dict):
-    trunk = {f"_feature_blocks.{k}": v for k, v in state_dict.items() if not k.startswith("fc.")}
-    heads = {"0.clf.0.weight": torch.zeros(1000, 2048), "0.clf.0.bias": torch.zeros(1000)}
-    return {"classy_state_dict": {"base_model": {"model": {"trunk": trunk, "heads": heads}}}, "phase_idx": 4}
-
-
-FORMAT_CASES = {
-    "barlowtwins": lambda sd, bt: {k: v for k, v in sd.items() if not k.startswith("fc.")},
-    "checkpoint": lambda sd, bt: training_checkpoint(bt, ddp=False),
-    "checkpoint-ddp": lambda sd, bt: training_checkpoint(bt, ddp=True),  # the official checkpoint.pth
-    "torchvision": lambda sd, bt: sd,
-    "moco": lambda sd, bt: moco_checkpoint(sd),
-    "vissl": lambda sd, bt: vissl_checkpoint(sd),
-}
-
-
-@pytest.mark.parametrize("case", FORMAT_CASES)
-def test_each_format_is_recognised_and_gives_the_same_arrays(case, state_dict, barlow_twins, reference):
-    obj = FORMAT_CASES[case](state_dict, barlow_twins)
-    expected_format = case.removesuffix("-ddp")
-    assert detect_format(obj) == expected_format
-    fmt, trunk, dropped = trunk_of(obj)
-    arrays = to_detectron2(trunk)
-    assert fmt == expected_format and arrays.keys() == reference.keys()
-    assert all(np.array_equal(arrays[k], reference[k]) for k in reference)
-    parts = {"checkpoint": {"projector", "bn"}, "moco": {"encoder_q.fc", "encoder_k", "queue"}, "torchvision": {"fc"}}
-    assert dropped.keys() == parts.get(fmt, set()) | {"num_batches_tracked"}
-
-
-def test_forced_format_must_match_the_structure(state_dict):
-    with pytest.raises(ConversionError, match=r"no \['state_dict'\] entry, which a 'moco' checkpoint has"):
-        trunk_of(vissl_checkpoint(state_dict), "moco")
-    fc_left_in = r"(?s)does not match the ResNet-50 trunk.*unexpected \(2\): fc\.bias, fc\.weight"
-    with pytest.raises(ConversionError, match=fc_left_in):
-        trunk_of(state_dict, "barlowtwins")
 
 
 def test_cli_converts_our_pretraining_checkpoint(workdir, barlow_twins, reference):

@@ -8,7 +8,7 @@ conversion fails listing what is missing, unexpected or mis-shaped.
 import argparse
 from pathlib import Path
 
-from bt_transfer.convert import formats
+from bt_transfer.convert import layouts
 from bt_transfer.convert.detectron2 import convert_file
 from bt_transfer.core.errors import command
 
@@ -17,11 +17,11 @@ from bt_transfer.core.errors import command
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m bt_transfer.convert", description=__doc__.split("\n\n")[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=formats.__doc__.split("\n\n", 2)[2])
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=layouts.describe())
     parser.add_argument("input", type=Path, help="ResNet-50 checkpoint (.pth / .pth.tar / .torch)")
     parser.add_argument("output", type=Path, help="Detectron2 weights to write (.pkl)")
-    parser.add_argument("--format", default="auto", choices=("auto", *formats.FORMATS),
-                        help="input layout (default: auto)")
+    parser.add_argument("--format", default="auto", choices=("auto", *layouts.LAYOUTS), metavar="NAME",
+                        help="input layout: auto (default) or one of the formats below")
     args = parser.parse_args(argv)
     summary = convert_file(args.input, args.output, args.format)
     dropped = ", ".join(f"{part} {n}" for part, n in sorted(summary["dropped"].items())) or "nothing"

@@ -50,7 +50,13 @@ def resnet50_shapes():
     return shapes
 
 
+_STEM_KEY = re.compile(r"(conv1|bn1)\.\w+")
 _BLOCK_KEY = re.compile(r"layer([1-4])\.(\d+)\.(conv[123]|bn[123]|downsample\.[01])\.(\w+)")
+
+
+def is_trunk_name(name):
+    """Whether ``name`` names a tensor of a torchvision ResNet trunk (any depth): stem or block, never ``fc``."""
+    return bool(_STEM_KEY.fullmatch(name) or _BLOCK_KEY.fullmatch(name))
 
 
 def detectron2_name(name):
@@ -82,6 +88,12 @@ def _architecture(keys):
     return f"it has {blocks} {kind} blocks per stage{like}; ResNet-50 has {RESNET50_BLOCKS} bottleneck blocks"
 
 
+def _all_finite(tensor):
+    # A NaN or Inf anywhere makes the sum NaN or Inf, so a finite sum proves every element finite (and costs far
+    # less than an element-wise test); only a sum that overflows needs the element-wise test.
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def check_trunk(state_dict):
     """The trunk of a torchvision-named ResNet-50 state dict as float32 CPU tensors, checked strictly.
 
@@ -103,7 +115,7 @@ def check_trunk(state_dict):
     not_float = sorted(k for k, v in trunk.items() if not (isinstance(v, torch.Tensor) and v.is_floating_point()))
     if not_float:
         raise ConversionError("weights must be floating-point tensors" + _listing("not", not_float))
-    non_finite = sorted(k for k, v in trunk.items() if not torch.isfinite(v).all())
+    non_finite = sorted(k for k, v in trunk.items() if not _all_finite(v))
     if non_finite:
         raise ConversionError("weights contain NaN or Inf" + _listing("non-finite", non_finite))
     return {k: v.detach().to("cpu", torch.float32) for k, v in sorted(trunk.items())}

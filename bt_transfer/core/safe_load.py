@@ -5,6 +5,7 @@ A pickle can name any callable to import and call. ``.pth`` files are read with
 an unpickler that builds numpy arrays and plain containers only. A file that would run code is refused,
 a damaged one reported, both naming the file.
 """
+import argparse
 import pickle
 import re
 from pathlib import Path
@@ -28,14 +29,19 @@ class UnsafeFileError(FileLoadError):
 
 
 def load_torch_file(path):
-    """``torch.load(path, weights_only=True)`` on the CPU, with errors that say what is wrong with the file."""
+    """``torch.load(path, weights_only=True)`` on the CPU, with errors that say what is wrong with the file.
+
+    Besides tensors and plain containers it builds ``argparse.Namespace``: training checkpoints of DINO and timm
+    store their options as one, and a Namespace only holds attributes (building it calls nothing from the file).
+    """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise FileLoadError(f"{path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError,
             ImportError, IndexError, TypeError) as error:
         # weights_only refuses any global it does not allow-list: a callable or class the pickle would
