@@ -56,18 +56,22 @@ class EpochKeySampler(torch.utils.data.DistributedSampler):
         return ((self.epoch, i) for i in super().__iter__())
 
 
+def centre_crop_transform(image_size, resize):
+    """The deterministic evaluation transform: Resize(resize) + CenterCrop(image_size), normalised."""
+    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size), transforms.ToTensor(),
+                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 def image_folders(root, image_size, val_resize, seed):
     """The train and val splits with the protocol's augmentation (random crop + flip / resize + centre crop)."""
     missing = [split for split in ("train", "val") if not (Path(root) / split).is_dir()]
     if missing:
         raise DataError(f"--data {root}: no {' or '.join(missing)} folder; expected a dataset root holding the "
                         f"train/ and val/ ImageFolders (e.g. datasets/imagenet)")
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train = LabelledImages(Path(root) / "train", transforms.Compose([
         transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), normalize]), seed=seed)
-    val = LabelledImages(Path(root) / "val", transforms.Compose([
-        transforms.Resize(val_resize), transforms.CenterCrop(image_size), transforms.ToTensor(), normalize]))
+        transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]), seed=seed)
+    val = LabelledImages(Path(root) / "val", centre_crop_transform(image_size, val_resize))
     if train.classes != val.classes:
         differ = sorted(set(train.classes) ^ set(val.classes))
         raise DataError(f"--data {root}: train/ and val/ hold different classes ({', '.join(differ[:10])})")

@@ -1,4 +1,5 @@
-"""The labelled subsets of semi-supervised evaluation: SimCLR's file lists, or a seeded class-balanced draw.
+"""The labelled subsets of semi-supervised evaluation (SimCLR's file lists, or a seeded class-balanced draw), and
+the kNN monitor's class-balanced bank.
 
 A subset is a list of image paths relative to the ImageFolder's ``train/`` root, ``<class>/<file>``.
 SimCLR's ``1percent.txt`` / ``10percent.txt`` (google-research/simclr, ``imagenet_subsets/``) hold one
@@ -67,22 +68,31 @@ def balanced_subset(files, percent, seed):
     """A class-balanced draw of about ``percent`` % of ``files`` (``<class>/<file>`` strings).
 
     Every class gets the same number of images, round(percent% of all images / classes) and at
-    least one, as SimCLR's lists are balanced; the draw depends only on ``seed`` and the set of
-    files (not their order), so the same seed on the same folder gives the same subset.
+    least one, as SimCLR's lists are balanced (see ``per_class_subset``).
+    """
+    classes = len({PurePosixPath(relative).parts[0] for relative in files})
+    per_class = max(1, round(len(files) * percent / 100 / max(classes, 1)))  # no files: per_class_subset says so
+    return per_class_subset(files, per_class, seed)
+
+
+def per_class_subset(files, per_class, seed):
+    """``per_class`` images of every class of ``files`` (``<class>/<file>`` strings), drawn with ``seed``.
+
+    The draw depends only on ``seed`` and the set of files (not their order), so the same seed on the
+    same folder gives the same subset.
     """
     by_class = defaultdict(list)
     for relative in files:
         by_class[PurePosixPath(relative).parts[0]].append(relative)
     if not by_class:
         raise SubsetError("cannot draw a subset from an empty training set")
-    per_class = max(1, round(len(files) * percent / 100 / len(by_class)))
     rng = random.Random(seed)
     chosen = []
     for name in sorted(by_class):
         members = sorted(by_class[name])
         if len(members) < per_class:
             raise SubsetError(f"class {name!r} has {len(members)} training images, fewer than the "
-                              f"{per_class} per class a balanced {percent}% subset needs")
+                              f"{per_class} per class a balanced subset needs")
         chosen.extend(sorted(rng.sample(members, per_class)))
     return chosen
 

@@ -10,9 +10,10 @@ weight decay 1e-6 (1.5e-6), learning rate batch/256 x 0.2 (weights) and x 0.0048
 10 warmup epochs then cosine to 1/1000.
 
 Writes to OUT (rank 0): ``args.json`` (resolved arguments, world size, code version),
-``metrics.jsonl`` (step, epoch, loss, lr, images_per_s, data_time, max_memory_gb), TensorBoard
-events in ``tensorboard/``, ``checkpoint.pth`` every --checkpoint-every steps and at each epoch end
-(a restarted run resumes from it, exactly, even mid-epoch), and at the end ``resnet50.pth``, the
+``metrics.jsonl`` (step, epoch, loss, lr, images_per_s, data_time, max_memory_gb; the kNN monitor's
+knn_top1 lines, see below), TensorBoard events in ``tensorboard/``, ``checkpoint.pth`` every
+--checkpoint-every steps and at each epoch end (a restarted run resumes from it, exactly, even
+mid-epoch), and at the end ``resnet50.pth``, the
 backbone in the official export format. OUT must be on storage every process sees (every process
 resumes from the same checkpoint; a mismatch is an error).
 
@@ -23,6 +24,11 @@ run had its biases and BN parameters (no LARS) at 1/32 of the nominal learning r
 reproduces that scaling. Batch norm runs over the global batch under DDP on GPU (SyncBatchNorm);
 SyncBatchNorm needs CUDA, so a multi-process CPU run (tests only) normalises the backbone and
 projector per process. A corrupt image stops the run with an error naming the file (see pretrain.data).
+
+kNN monitor (pretrain.knn): every --knn-every epochs and at the end, the weighted 20-NN top-1 of the
+backbone's features on the ``val/`` split beside --data, voted from --knn-train-per-class training images
+per class. It leaves training bit-identical (eval mode, RNG states restored); without a ``val/`` split
+it is skipped, with one line on stderr and the reason in args.json (``knn_monitor``).
 """
 import argparse
 import sys
@@ -44,6 +50,7 @@ from pretrain.checkpoint import (
 )
 from pretrain.data import ResumableSampler, TwoViewDataset, make_loader
 from pretrain.distributed import cleanup, init_distributed
+from pretrain.knn import KnnMonitor, labelled_splits
 from pretrain.lars import LARS, base_learning_rate, learning_rate, param_groups, set_learning_rate
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -84,6 +91,15 @@ def build_parser():
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                         help="mixed precision: auto = bf16 (fp16 before Ampere) on CUDA, off on CPU")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convolutions on GPU)")
+    # On ImageNet with the defaults one evaluation embeds 50k bank + 50k val images, forward only: about 1% of
+    # an epoch's compute (two views, forward and backward), so every 10 epochs costs ~0.1% and gives the
+    # paper's 1000 epochs a 100-point curve; the bank (50k x 2048 floats, 400 MB) is freed after each one.
+    parser.add_argument("--knn-every", type=int, default=10,
+                        help="epochs between kNN evaluations on the val/ split beside --data (also at the end "
+                             "of training); 0: never")
+    parser.add_argument("--knn-train-per-class", type=int, default=50,
+                        help="training images per class the kNN monitor votes from (a class-balanced subset "
+                             "fixed by --seed)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total (smoke runs)")
     return parser
 
@@ -95,11 +111,13 @@ def parse_args(argv=None):
         parse_projector(args.projector)
     except ValueError as error:
         parser.error(f"--projector: {error}")
-    for name in ("epochs", "batch_size", "image_size", "checkpoint_every", "log_every"):
+    for name in ("epochs", "batch_size", "image_size", "checkpoint_every", "log_every", "knn_train_per_class"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.batch_size < 2:
         parser.error("--batch-size must be at least 2: the loss normalises over the batch")
+    if args.knn_every < 0:
+        parser.error(f"--knn-every must be 0 (no kNN monitor) or positive, got {args.knn_every}")
     if args.max_steps is not None and args.max_steps <= 0:
         parser.error(f"--max-steps must be positive, got {args.max_steps}")
     return args
@@ -122,6 +140,19 @@ def build_model(args, dist_info):
     return model.to(dist_info.device, memory_format=memory_format)
 
 
+def build_knn_monitor(args, dist_info, amp_dtype):
+    """(the kNN monitor, or None, and what args.json records about it)."""
+    if args.knn_every == 0:
+        return None, {"skipped": "--knn-every 0"}
+    splits, reason = labelled_splits(args.data, args.image_size, args.knn_train_per_class, args.seed)
+    if splits is None:
+        return None, {"skipped": reason}
+    monitor = KnnMonitor(*splits, batch_size=args.batch_size // dist_info.world_size, workers=args.workers,
+                         device=dist_info.device, amp_dtype=amp_dtype, channels_last=args.channels_last,
+                         rank=dist_info.rank, world_size=dist_info.world_size)
+    return monitor, monitor.settings
+
+
 def to_device_views(batch, device, channels_last):
     """uint8 views from the loader -> normalised float views on ``device`` (normalising there is cheaper)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -134,7 +165,7 @@ class RunLog:
     Throughput and data time are averaged over the steps since the previous line.
     """
 
-    def __init__(self, args, argv, dist_info, steps_per_epoch, start_step, stop_step, amp_dtype):
+    def __init__(self, args, argv, dist_info, steps_per_epoch, start_step, stop_step, amp_dtype, knn_monitor):
         from torch.utils.tensorboard import SummaryWriter  # imported here: only rank 0 pays for it
 
         self.batch_size, self.lr_multiplier, self.device = args.batch_size, args.learning_rate_weights, dist_info.device
@@ -145,11 +176,13 @@ class RunLog:
             "steps_per_epoch": steps_per_epoch, "resumed_from_step": start_step,
             "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
             "generated_data": str(manifest) if (manifest := generated_manifest(args.data)) else None,
+            "knn_monitor": knn_monitor,
         })
         self.metrics = MetricsLog(args.out / "metrics.jsonl")
         self.writer = SummaryWriter(args.out / "tensorboard")
         self.progress = Progress(stop_step, name="pretrain", unit="img", start=start_step)
         self.stop_step = stop_step
+        self.knn_top1 = None
         self.start_window()
 
     def start_window(self):
@@ -167,9 +200,21 @@ class RunLog:
         self.metrics.write(**record)
         for key in ("loss", "lr", "images_per_s", "data_time"):
             self.writer.add_scalar(key, record[key], step)
+        knn = "" if self.knn_top1 is None else f" knn top-1 {self.knn_top1:.2f}"
         self.progress.update(step, self.batch_size, force=step == self.stop_step, memory_gb=record["max_memory_gb"],
-                             extra=f"epoch {epoch} loss {loss:.4g} lr {record['lr']:.3g}")
+                             extra=f"epoch {epoch} loss {loss:.4g} lr {record['lr']:.3g}{knn}")
         self.start_window()
+
+    def write_knn(self, step, epoch, record):
+        """One kNN evaluation, which always follows a ``write`` of the same step."""
+        self.knn_top1 = record["knn_top1"]
+        self.metrics.write(step=step, epoch=epoch, **record)
+        self.writer.add_scalar("knn_top1", self.knn_top1, step)
+        self.progress.update(step, self.batch_size, force=True, memory_gb=peak_memory_gb(self.device),
+                             extra=f"epoch {epoch} knn top-1 {self.knn_top1:.2f} ({record['knn_k']}-NN, "
+                                   f"{record['knn_train_images']} train / {record['knn_val_images']} val images, "
+                                   f"{record['knn_seconds']:.1f}s)")
+        self.start_window()  # the evaluation's time is not training throughput
 
     def close(self):
         self.metrics.close()
@@ -217,13 +262,16 @@ def train(args, dist_info, argv=()):
         if dist_info.distributed else model
     base_lr = base_learning_rate(args.batch_size)
     multipliers = (args.learning_rate_weights, args.learning_rate_biases)
+    knn_monitor, knn_record = build_knn_monitor(args, dist_info, amp_dtype)
     log = None
     if dist_info.is_main:
-        log = RunLog(args, list(argv), dist_info, steps_per_epoch, step, stop_step, amp_dtype)
+        log = RunLog(args, list(argv), dist_info, steps_per_epoch, step, stop_step, amp_dtype, knn_record)
     if log:
         print(f"pretrain: {len(dataset)} images, {steps_per_epoch} steps/epoch, steps {step}->{stop_step}, "
               f"world size {dist_info.world_size}, amp {amp_dtype or 'off'}, device {device}",
               file=sys.stderr, flush=True)
+        if knn_monitor is None and args.knn_every:
+            print(f"pretrain: no kNN monitor: {knn_record['skipped']}", file=sys.stderr, flush=True)
 
     model.train()
     while step < stop_step:
@@ -247,9 +295,15 @@ def train(args, dist_info, argv=()):
                 log.step_done(data_time)
                 if step % args.log_every == 0 or end_of_epoch or step == stop_step:
                     log.write(step, epoch, loss.item(), lr)  # .item() syncs: only on logged steps
-                if step % args.checkpoint_every == 0 or end_of_epoch or step == stop_step:
-                    save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scaler=scaler,
-                                    **schedule)
+            # Every process takes part (the work is sharded), before the checkpoint of the same step:
+            # a run killed during the evaluation resumes before it and evaluates again.
+            if knn_monitor and (step == stop_step or end_of_epoch and (epoch + 1) % args.knn_every == 0):
+                knn = knn_monitor.evaluate(model.backbone)
+                if log:
+                    log.write_knn(step, epoch, knn)
+            if log and (step % args.checkpoint_every == 0 or end_of_epoch or step == stop_step):
+                save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scaler=scaler,
+                                **schedule)
             if step == stop_step:
                 break
             fetch_start = time.perf_counter()

@@ -1,5 +1,6 @@
-"""Pretraining end to end on CPU: a run killed with SIGKILL and restarted ends bit-identical to an
-uninterrupted one; the outputs (metrics, args, export) are what the rest of the suite reads."""
+"""Pretraining end to end on CPU: a run killed with SIGKILL and restarted, with the kNN monitor on, ends
+bit-identical to an uninterrupted one without it; the outputs (metrics, args, export) are what the rest of
+the suite reads."""
 import json
 import os
 import shutil
@@ -25,28 +26,31 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def tiny_folder(generated_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pretrain") / "train"
-    for cls in sorted((generated_data / "imagenet" / "train").iterdir())[:2]:
-        (root / cls.name).mkdir(parents=True)
-        for image in sorted(cls.iterdir())[:6]:
-            shutil.copy(image, root / cls.name / image.name)
-    return root
+    """train/ with 2 classes of 6 images, and val/ beside it (3 images a class) for the kNN monitor."""
+    root = tmp_path_factory.mktemp("pretrain")
+    for split, count in (("train", 6), ("val", 3)):
+        for cls in sorted((generated_data / "imagenet" / split).iterdir())[:2]:
+            (root / split / cls.name).mkdir(parents=True)
+            for image in sorted(cls.iterdir())[:count]:
+                shutil.copy(image, root / split / cls.name / image.name)
+    return root / "train"
 
 
-def train_args(data, out, checkpoint_every):
+def train_args(data, out, checkpoint_every, knn_every=0):
     return ["--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "4", "--projector", "32-16",
             "--image-size", "16", "--workers", "0", "--seed", "3", "--log-every", "1",
-            "--checkpoint-every", str(checkpoint_every)]
+            "--checkpoint-every", str(checkpoint_every), "--knn-every", str(knn_every)]
 
 
 def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_folder, tmp_path):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     main(train_args(tiny_folder, run_a, checkpoint_every=100))
 
-    # Run B in its own process, killed as soon as its first checkpoint (step 2, mid-epoch 0) lands.
+    # Run B, with the kNN monitor after each epoch, in its own process, killed as soon as its first
+    # checkpoint (step 2, mid-epoch 0) lands.
     # Same thread count as this process: CPU kernels split their reductions by thread.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "pretrain.train", *train_args(tiny_folder, run_b, 2)],
+    proc = subprocess.Popen([sys.executable, "-m", "pretrain.train", *train_args(tiny_folder, run_b, 2, knn_every=1)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
@@ -63,7 +67,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_folder, tmp_path)
 
     stale = run_b / ".checkpoint.pth.killed.tmp"  # what a kill during a checkpoint write leaves
     stale.write_bytes(b"partial")
-    main(train_args(tiny_folder, run_b, 2))  # restart: resumes from the checkpoint
+    main(train_args(tiny_folder, run_b, 2, knn_every=1))  # restart: resumes from the checkpoint
     assert not list(run_b.glob(".checkpoint.pth.*.tmp"))
 
     a = torch.load(run_a / "resnet50.pth", weights_only=True)
@@ -76,8 +80,14 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_folder, tmp_path)
         assert torch.equal(value["momentum_buffer"], state_b["optimizer"]["state"][key]["momentum_buffer"])
     # The losses of the resumed steps are those of the uninterrupted run.
     losses_a = {r["step"]: r["loss"] for r in read_metrics(run_a / "metrics.jsonl")}
-    losses_b = {r["step"]: r["loss"] for r in read_metrics(run_b / "metrics.jsonl")}
+    losses_b = {r["step"]: r["loss"] for r in read_metrics(run_b / "metrics.jsonl") if "loss" in r}
     assert losses_a == losses_b and sorted(losses_a) == list(range(1, STEPS + 1))
+    # One kNN accuracy after each epoch; a step evaluated again after the restart gets the same one.
+    knn_b = {}
+    for record in read_metrics(run_b / "metrics.jsonl"):
+        if "knn_top1" in record:
+            knn_b.setdefault(record["step"], set()).add(record["knn_top1"])
+    assert sorted(knn_b) == [3, STEPS] and all(len(values) == 1 for values in knn_b.values())
 
     # Outputs the report and the converter read.
     records = read_metrics(run_a / "metrics.jsonl")
