@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON  ?= $(shell command -v python3.11 || command -v python3)#  interpreter that creates the virtual environment (3.11)
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)#  interpreter that creates the virtual environment (3.11 tested; 3.10-3.13 expected to work)
 VENV    ?= .venv#                the environment every target runs in
 SYSTEM_SITE ?= 0#                1: let .venv see system packages (e.g. a full Detectron2 built from GitHub)
 GPUS    ?= $(shell nvidia-smi -L 2>/dev/null | wc -l | awk '{print ($$1 > 0) ? $$1 : 1}')#  processes per machine
