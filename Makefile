@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON  ?= $(shell command -v python3.11 || command -v python3)#  interpreter that creates the virtual environment (3.11)
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)#  interpreter that creates the virtual environment (3.11 tested; 3.10-3.13 expected to work)
 VENV    ?= .venv#                the environment every target runs in
 SYSTEM_SITE ?= 0#                1: let .venv see system packages (e.g. a full Detectron2 built from GitHub)
 GPUS    ?= $(shell nvidia-smi -L 2>/dev/null | wc -l | awk '{print ($$1 > 0) ? $$1 : 1}')#  processes per machine
@@ -28,17 +28,24 @@ help: ## list targets and variables
 
 setup: $(STAMP) ## create .venv: torch, then Detectron2 (pure-Python build unless one is importable), then this project
 
-# Re-run only when what it installs changes; each step also skips work already done.
+# Re-run only when what it installs changes; each step also skips work already done. Each step prints one line; its
+# output goes to $(SETUP_LOGS)/<step>.log and is shown only when the step fails.
+SETUP_LOGS := .cache/setup
+PIP := $(PY) -m pip --disable-pip-version-check
+STEP = step() { echo "== $$2"; mkdir -p $(SETUP_LOGS); log=$(SETUP_LOGS)/$$1.log; \
+  if ! (eval "$$3") >$$log 2>&1; then cat $$log; echo "make setup: step '$$1' failed; its output is above and in $$log" >&2; exit 1; fi; }; step
+
 $(STAMP): pyproject.toml third_party/detectron2/build.py third_party/detectron2/_C.py
-	@test -x $(PY) || $(PYTHON) -m venv $(if $(filter 1,$(SYSTEM_SITE)),--system-site-packages) $(VENV)
-	$(PY) -m pip install -q --upgrade "pip>=24" setuptools wheel
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	@if $(PY) -c "import detectron2" 2>/dev/null; then \
-	  echo "Detectron2 already importable: $$($(PY) -c 'import detectron2; print(detectron2.__version__, detectron2.__file__)')"; \
+	@$(STEP) venv "venv $(VENV)" '{ test -x $(PY) || $(PYTHON) -m venv $(if $(filter 1,$(SYSTEM_SITE)),--system-site-packages) $(VENV); } \
+	  && $(PIP) install --upgrade "pip>=24" "setuptools>=77" wheel'
+	@$(STEP) torch "torch 2.14.1 / torchvision 0.29.1" '$(PIP) install torch==2.14.1 torchvision==0.29.1'
+	@if found=$$($(PY) -c 'import detectron2; print(detectron2.__version__, "at", detectron2.__path__[0])' 2>/dev/null); then \
+	  echo "== detectron2 $$found (already importable: kept)"; \
 	else \
-	  $(PY) -m pip install -q "$$($(PY) third_party/detectron2/build.py --cache .cache/detectron2)"; \
+	  $(STEP) detectron2 "detectron2 0.6 (pure-Python build)" \
+	    'wheel=$$($(PY) third_party/detectron2/build.py --cache .cache/detectron2) && $(PIP) install "$$wheel"'; \
 	fi
-	$(PY) -m pip install -q -e .
+	@$(STEP) bt-transfer "bt-transfer (editable)" '$(PIP) install -e .'
 	@touch $@
 
 test: setup ## run the test suite (CPU, under 20 minutes on 2 cores)
