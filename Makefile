@@ -28,7 +28,8 @@ help: ## list targets and variables
 
 setup: $(STAMP) ## create .venv: torch, then Detectron2 (pure-Python build unless one is importable), then this project
 
-# Re-run only when what it installs changes; each step also skips work already done. Each step prints one line; its
+# pip < 26.3: later pips refuse to download the Detectron2 sdist from PyPI (its metadata names a direct URL in an
+# extra; see third_party/detectron2/build.py). Re-run only when what it installs changes; each step also skips work already done. Each step prints one line; its
 # output goes to $(SETUP_LOGS)/<step>.log and is shown only when the step fails.
 SETUP_LOGS := .cache/setup
 PIP := $(PY) -m pip --disable-pip-version-check
@@ -37,7 +38,7 @@ STEP = step() { echo "== $$2"; mkdir -p $(SETUP_LOGS); log=$(SETUP_LOGS)/$$1.log
 
 $(STAMP): pyproject.toml third_party/detectron2/build.py third_party/detectron2/_C.py
 	@$(STEP) venv "venv $(VENV)" '{ test -x $(PY) || $(PYTHON) -m venv $(if $(filter 1,$(SYSTEM_SITE)),--system-site-packages) $(VENV); } \
-	  && $(PIP) install --upgrade "pip>=24" "setuptools>=77" wheel'
+	  && $(PIP) install --upgrade "pip>=24,<26.3" "setuptools>=77" wheel'
 	@$(STEP) torch "torch 2.14.1 / torchvision 0.29.1" '$(PIP) install torch==2.14.1 torchvision==0.29.1'
 	@if found=$$($(PY) -c 'import detectron2; print(detectron2.__version__, "at", detectron2.__path__[0])' 2>/dev/null); then \
 	  echo "== detectron2 $$found (already importable: kept)"; \
