@@ -12,6 +12,7 @@ BATCH   ?= 2048#                 global pretraining batch (paper: 2048)
 WEIGHTS ?= runs/pretrain/resnet50.pth#  backbone to evaluate (any format bt_transfer.convert reads)
 SEEDS   ?= 1 2 3 4 5#            detection seeds; the report gives mean and std over them
 PERCENT ?= 1#                    semi-supervised subset: 1 or 10
+LABEL   ?= $(notdir $(WEIGHTS))#   how the report names the benchmarked checkpoint
 OUT     ?=#                      output folder (default: runs/<target>)
 ARGS    ?=#                      extra arguments passed to the target's command
 
@@ -19,7 +20,7 @@ PY := $(VENV)/bin/python
 TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS)
 STAMP := $(VENV)/.bt-transfer-setup
 
-.PHONY: help setup test demo pretrain transfer-voc transfer-coco linear semisup tables bench bench-gpu
+.PHONY: help setup test demo pretrain benchmark transfer-voc transfer-coco linear semisup tables bench bench-gpu
 
 help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -58,6 +59,10 @@ demo: setup ## the whole suite end to end on generated data, on CPU: report in r
 pretrain: setup ## Barlow Twins pretraining (paper defaults); resumes from OUT/checkpoint.pth
 	$(TORCHRUN) -m pretrain.train --data $(DATA)/train --epochs $(EPOCHS) --batch-size $(BATCH) \
 	  --out $(or $(OUT),runs/pretrain) $(ARGS)
+
+benchmark: setup ## every task of Tables 1, 2 and 4 for WEIGHTS, then the report (ARGS="--plan", "--slurm ...")
+	$(PY) -m bt_transfer.benchmark --weights $(WEIGHTS) --label "$(LABEL)" --data $(DATA) --seeds $(SEEDS) \
+	  --gpus $(GPUS) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 transfer-voc: setup ## Faster R-CNN R50-C4 on VOC07+12, 24k iterations, one run per seed
 	$(PY) -m bt_transfer.transfer voc --weights $(WEIGHTS) --seeds $(SEEDS) --num-gpus $(GPUS) \

@@ -23,32 +23,24 @@ def stages(out: Path, seeds, fast=False):
     """(name, argv) of every stage, in order. ``fast``: the same stages with a few steps each (the test suite's run)."""
     data = out / "data"
     weights = out / "pretrain" / "resnet50.pth"
-    small_imagenet = ["--image-size", "64", "--val-resize", "73", "--batch-size", "64", "--workers", "0", "--label", LABEL]
+    small_imagenet = "--image-size 64 --val-resize 73 --batch-size 64 --workers 0"
     pretrain_length = ["--epochs", "1", "--max-steps", "2"] if fast else ["--epochs", "4"]
     linear_epochs, semisup_epochs = ("1", "1") if fast else ("10", "5")
-
-    def detection(task, task_seeds):
-        return ["-m", "bt_transfer.transfer", task, "--weights", str(weights), "--seeds", *map(str, task_seeds),
-                "--num-gpus", "0", "--datasets-root", str(data), "--smoke", "--label", LABEL,
-                "--out", str(out / f"transfer-{task}"), *(["--opts", "SOLVER.MAX_ITER", "2"] if fast else [])]
-
+    detection = "--smoke" + (" --opts SOLVER.MAX_ITER 2" if fast else "")
     return [
         ("generate data", ["-m", "bt_transfer.synthetic", "--out", str(data), "--seed", "0", "--size", "128"]),
         ("pretrain", ["-m", "pretrain.train", "--data", str(data / "imagenet" / "train"), "--out", str(out / "pretrain"),
                       *pretrain_length, "--warmup-epochs", "1", "--batch-size", "32", "--projector", "512-512-512",
                       "--image-size", "64", "--workers", "0", "--log-every", "1", "--checkpoint-every", "8"]),
         ("convert", ["-m", "bt_transfer.convert", str(weights), str(out / "pretrain" / "resnet50_detectron2.pkl")]),
-        ("transfer VOC", detection("voc", seeds)),
-        ("transfer COCO", detection("coco", seeds[:1])),  # Mask R-CNN is the slowest stage: one seed
-        ("linear", ["-m", "pretrain.evaluate", "--mode", "linear", "--weights", str(weights), "--data",
-                    str(data / "imagenet"), "--out", str(out / "linear"), "--epochs", linear_epochs, *small_imagenet]),
-        *[
-            (f"semi-supervised {p}%", ["-m", "pretrain.evaluate", "--mode", "semisup", "--percent", str(p), "--weights",
-                                       str(weights), "--data", str(data / "imagenet"), "--out", str(out / f"semisup-{p}"),
-                                       "--epochs", semisup_epochs, *small_imagenet])
-            for p in (1, 10)
-        ],
-        ("report", ["-m", "bt_transfer.report", "--results", str(out), "--out", str(out / "tables")]),
+        # The front door: every evaluation of the paper's Tables 1, 2 and 4, then the report over the whole demo.
+        ("benchmark", ["-m", "bt_transfer.benchmark", "--weights", str(weights), "--label", LABEL, "--out", str(out),
+                       "--gpus", "0", "--data", str(data / "imagenet"), "--datasets-root", str(data),
+                       "--seeds", *map(str, seeds), "--coco-seeds", str(seeds[0]),  # Mask R-CNN is the slowest
+                       "--stage-args", f"linear=--epochs {linear_epochs} {small_imagenet}",
+                       *[arg for p in (1, 10) for arg in
+                         ("--stage-args", f"semisup-{p}=--epochs {semisup_epochs} {small_imagenet}")],
+                       "--stage-args", f"voc={detection}", "--stage-args", f"coco={detection}"]),
     ]
 
 

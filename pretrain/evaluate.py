@@ -84,15 +84,15 @@ def parse_args(argv=None):
 
 def load_backbone(path, num_classes=1000, fmt="auto"):
     """(torchvision ResNet-50 with the backbone of checkpoint ``path`` and a fresh ``num_classes``-way classifier,
-    the backbone's tensors as read). Any layout ``bt_transfer.convert`` reads, with the same strict checks; the
+    the backbone's tensors as read, the checkpoint's layout). Any layout ``bt_transfer.convert`` reads, with the same strict checks; the
     classifier starts from N(0, 0.01) weights and zero bias, as the protocol trains a new head."""
-    _, trunk, _ = read_resnet50(path, fmt)
+    fmt, trunk, _ = read_resnet50(path, fmt)
     model = models.resnet50(num_classes=num_classes)
     missing, unexpected = model.load_state_dict(trunk, strict=False)
     assert not unexpected and all(k in FC_KEYS or k.endswith(BN_COUNTER) for k in missing), (missing, unexpected)
     nn.init.normal_(model.fc.weight, mean=0.0, std=0.01)
     nn.init.zeros_(model.fc.bias)
-    return model, trunk
+    return model, trunk, fmt
 
 
 def assert_backbone_unchanged(model, trunk):
@@ -141,12 +141,12 @@ def prepare(config, info):
     train_set, val_set = image_folders(config["data"], config["image_size"], config["val_resize"], config["seed"])
     facts = dict(classes=len(train_set.classes), train_images=len(train_set), val_images=len(val_set))
     torch.manual_seed(config["seed"])
-    model, trunk = load_backbone(config["weights"], len(train_set.classes), config["format"])
+    model, trunk, fmt = load_backbone(config["weights"], len(train_set.classes), config["format"])
     subset = None
     if config["mode"] == "semisup":
         indices, subset = choose_subset(config, train_set, config["out"], write=info.is_main)
         train_set = train_set.select(indices)
-    config = dict(config, weights_sha256=sha256_file(config["weights"]),
+    config = dict(config, weights_sha256=sha256_file(config["weights"]), weights_format=fmt,
                   subset_sha256=subset["sha256"] if subset else None, world_size=info.world_size)
     return config, model, trunk, train_set, val_set, facts, subset
 
@@ -229,7 +229,8 @@ def write_record(config, task, last, best, facts, subset):
         task=task,
         metrics=dict(top1=last["top1"], top5=last["top5"], top1_best=best["top1"], top5_best=best["top5"]),
         seed=config["seed"],
-        weights=dict(path=str(config["weights"]), sha256=config["weights_sha256"], label=config["label"]),
+        weights=dict(path=str(config["weights"]), sha256=config["weights_sha256"], label=config["label"],
+                     format=config["weights_format"]),
         config={k: _jsonable(v) for k, v in config.items()},
         world_size=config["world_size"],
         deviations=[*eval_protocol.deviations(config, facts, subset),

@@ -398,6 +398,7 @@ def test_help_lists_every_format_with_its_source(capsys):
 def test_the_imagenet_evaluation_reads_the_same_layouts(state_dict, tmp_path):
     path = tmp_path / "dino_full.pth"
     torch.save(dino(state_dict), path)
-    model, _ = load_backbone(path)
+    model, _, fmt = load_backbone(path)
+    assert fmt == "dino"
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in trunk(state_dict).items())

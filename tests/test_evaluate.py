@@ -141,7 +141,8 @@ def test_deviations_name_every_departure_and_nothing_for_the_protocol():
 
 def test_official_format_loads_with_a_fresh_classifier(plain_weights):
     reference = torch.load(plain_weights, weights_only=True)
-    model, trunk = load_backbone(plain_weights, num_classes=1000)
+    model, trunk, fmt = load_backbone(plain_weights, num_classes=1000)
+    assert fmt == "barlowtwins"
     assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items() if "num_batches" not in k)
     assert trunk.keys() == {k for k in reference if "num_batches" not in k}
     assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
@@ -170,12 +171,12 @@ def test_weights_go_through_the_converters_reader_with_its_checks(plain_weights,
     torch.save(dict(state, **{"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}),
                tmp_path / "torchvision.pth")
     for name in ("ddp.pth", "torchvision.pth"):
-        model, _ = load_backbone(tmp_path / name)
+        model, _, _ = load_backbone(tmp_path / name)
         assert torch.equal(model.state_dict()["layer4.2.conv3.weight"], state["layer4.2.conv3.weight"])
 
 
 def test_a_moved_backbone_tensor_fails_the_frozen_check(plain_weights):
-    model, trunk = load_backbone(plain_weights)
+    model, trunk, _ = load_backbone(plain_weights)
     evaluate.assert_backbone_unchanged(model, trunk)  # the fresh fc does not count
     model.layer2[0].bn1.running_mean[0] += 1e-6
     with pytest.raises(RuntimeError, match=r"changed the frozen backbone: layer2.0.bn1.running_mean differ"):

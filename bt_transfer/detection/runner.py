@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from bt_transfer.convert.detectron2 import convert_file
+from bt_transfer.convert.formats import FORMATS
 from bt_transfer.convert.resnet50 import ConversionError
 from bt_transfer.core.errors import UserError, command
 from bt_transfer.core.fileio import atomic_write, sha256_file, sha256_json
@@ -41,6 +42,8 @@ def parse_args(argv=None):
     parser.add_argument("task", choices=CONFIGS, help="voc: Faster R-CNN on VOC07+12; coco: Mask R-CNN on COCO 2017")
     parser.add_argument("--weights", required=True, type=Path,
                         help="ResNet-50 checkpoint (any format bt_transfer.convert reads) or a converted .pkl")
+    parser.add_argument("--format", default="auto", dest="fmt", choices=("auto", *FORMATS),
+                        help="layout of --weights (default: auto; see python -m bt_transfer.convert --help)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one training per seed (default: 1)")
     parser.add_argument("--out", required=True, type=Path, help="output folder; seed S goes to OUT/seed<S>/")
     parser.add_argument("--label", help="how the report names these weights (default: the weights file name)")
@@ -57,18 +60,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def prepare_weights(weights, out):
-    """The converted weights to train from: ``out/backbone.pkl`` or a given ``.pkl``."""
+def prepare_weights(weights, out, fmt="auto"):
+    """(the converted weights to train from: ``out/backbone.pkl`` or a given ``.pkl``, the checkpoint's layout)."""
     if not weights.is_file():
         raise TransferError(f"weights {weights}: no such file")
     if weights.suffix == ".pkl":
-        return weights.resolve()
+        return weights.resolve(), "detectron2"
     try:
-        summary = convert_file(weights, out / "backbone.pkl")
+        summary = convert_file(weights, out / "backbone.pkl", fmt)
     except ConversionError as e:
         raise TransferError(f"weights rejected by the converter: {e}") from None
     print(f"converted {weights} ({summary['format']}): {summary['tensors_converted']} tensors -> {summary['output']}")
-    return Path(summary["output"]).resolve()
+    return Path(summary["output"]).resolve(), summary["format"]
 
 
 def finished_record(result_path, config, weights_sha):
@@ -174,8 +177,9 @@ def run(args):
     names = list(dict.fromkeys(resolved.cfg.DATASETS.TRAIN + resolved.cfg.DATASETS.TEST))
     check_datasets(names)
     check_size_ranges(resolved.cfg.DATASETS.TEST)
-    weights_pkl = prepare_weights(args.weights, args.out)
-    weights = {"path": str(args.weights), "sha256": sha256_file(args.weights), "label": args.label or args.weights.name}
+    weights_pkl, fmt = prepare_weights(args.weights, args.out, args.fmt)
+    weights = {"path": str(args.weights), "sha256": sha256_file(args.weights), "label": args.label or args.weights.name,
+               "format": fmt}
     deviations = [*resolved.deviations, *dataset_deviations(names),
                   *pretraining_deviations(read_pretraining_args(args.weights))]
     for seed in args.seeds:
