@@ -4,6 +4,9 @@ Cost model (multiply-adds). The official form builds C = bn(z1)^T bn(z2) / N, D 
 backward, plus several elementwise passes over D^2 elements (1 GiB per D x D copy in fp32 at D=16384). The Gram
 form never builds C: ||C||_F^2 = <Z1 Z1^T, Z2 Z2^T> / N^2 with two N x N Gram matrices, 2 N^2 D forward and
 2 N^2 D backward. Its share of the reference's arithmetic is 4N/3D, so it wins when N is small against D.
+
+Peak memory two ways, side by side: the tensors' own accounting (``harness.peak_memory_increase``) and, on the CPU,
+the growth of resident memory in a fresh process per implementation and case (``harness.peak_rss_increase``).
 """
 import math
 
@@ -183,4 +186,5 @@ def run(device, reps, max_pass_seconds, log, sizes_n=SIZES_N, sizes_d=SIZES_D, c
             f"auto peak tensors {harness.ratio(r['auto']['peak_bytes'], ref['peak_bytes'])}, "
             f"auto peak RSS {harness.ratio(r['auto']['rss_bytes'], ref['rss_bytes'])}, "
             f"loss rel diff {r['auto']['loss_rel_diff']:.1e}")
-    print("RATIOS loss (ours/reference; time and tensors in one process, RSS in a fresh process each): " + "; ".join(summary))
+    print("RATIOS loss (ours/reference; time and tensors in one process, RSS in a fresh process each): "
+          + "; ".join(summary))
