@@ -4,11 +4,16 @@ Side by side means interleaved: each repetition runs every implementation once, 
 alternating), so that a noisy neighbour on a shared machine slows all of them alike and the ratios stay honest.
 """
 import contextlib
+import importlib
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -134,6 +139,53 @@ def peak_memory_increase(fn, device):
     return peak
 
 
+def peak_rss_increase(setup, *args):
+    """Peak resident memory growth (bytes) of one call in a fresh Python process: what a user's process sees.
+
+    In the child, ``setup`` ("module:function") called with ``args`` builds the inputs and returns the call to
+    measure; the growth is counted from the resident memory with the inputs in place, over the first call. A fresh
+    process per measurement, so that nothing another measurement left behind (memory an allocator or a library
+    keeps after a free) can hide or inflate it. Everything resident counts: tensors, allocator slack, library
+    workspaces. The child resets its peak (``/proc/self/clear_refs``) and reads ``VmHWM``, not ``ru_maxrss``,
+    which a child inherits from the process that spawned it: after the reference's multi-GiB pass in this
+    process, every child's ``ru_maxrss`` would start above its own peak. Returns None where ``/proc`` does not
+    allow this (not Linux).
+    """
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    child = "import sys; from bench.harness import _peak_rss_child; _peak_rss_child(*sys.argv[1:])"
+    command = [sys.executable, "-c", child, setup, json.dumps(args), str(torch.get_num_threads())]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"peak RSS measurement of {setup}{tuple(args)} failed (exit {done.returncode}): {last}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _peak_rss_child(setup, args, threads):
+    """The child of ``peak_rss_increase``: prints the growth in bytes (or null) as the last line of stdout."""
+    torch.set_num_threads(int(threads))
+    module, function = setup.split(":")
+    call = getattr(importlib.import_module(module), function)(*json.loads(args))
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # VmHWM := VmRSS
+    except OSError:
+        print(json.dumps(None))
+        return
+    before = _proc_status_bytes("VmRSS")
+    call()
+    print(json.dumps(_proc_status_bytes("VmHWM") - before))
+
+
+def _proc_status_bytes(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
 def format_table(header, rows):
     """Plain fixed-width table: columns as wide as their widest cell, numbers right-aligned."""
     cells = [[str(h) for h in header]] + [[str(c) for c in row] for row in rows]
@@ -157,8 +209,8 @@ def _is_number(text):
 
 
 def mib(nbytes):
-    return f"{nbytes / 2**20:.0f}"
+    return "n/a" if nbytes is None else f"{nbytes / 2**20:.0f}"
 
 
 def ratio(ours, reference):
-    return f"{ours / reference:.2f}x"
+    return "n/a" if ours is None or reference is None else f"{ours / reference:.2f}x"

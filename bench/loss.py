@@ -4,6 +4,9 @@ Cost model (multiply-adds). The official form builds C = bn(z1)^T bn(z2) / N, D 
 backward, plus several elementwise passes over D^2 elements (1 GiB per D x D copy in fp32 at D=16384). The Gram
 form never builds C: ||C||_F^2 = <Z1 Z1^T, Z2 Z2^T> / N^2 with two N x N Gram matrices, 2 N^2 D forward and
 2 N^2 D backward. Its share of the reference's arithmetic is 4N/3D, so it wins when N is small against D.
+
+Peak memory two ways, side by side: the tensors' own accounting (``harness.peak_memory_increase``) and, on the CPU,
+the growth of resident memory in a fresh process per implementation and case (``harness.peak_rss_increase``).
 """
 import math
 
@@ -51,11 +54,29 @@ def reference_seconds_per_nd2(device):
     return min(timing["reference"].runs) / (n * d * d)
 
 
-def measure_case(n, d, impls, device, reps):
-    """Time, peak memory, value and gradient agreement of every implementation at one (N, D)."""
+def case_inputs(n, d, device):
+    """The two N x D embeddings of one case, the same in every process."""
     generator = torch.Generator(device="cpu").manual_seed(n * 100003 + d)
     z1 = torch.randn(n, d, generator=generator).to(device).requires_grad_()
     z2 = torch.randn(n, d, generator=generator).to(device).requires_grad_()
+    return z1, z2
+
+
+def fresh_process_pass(name, n, d):
+    """For ``harness.peak_rss_increase``: one case's inputs on the CPU, and one forward+backward of ``name``."""
+    z1, z2 = case_inputs(n, d, torch.device("cpu"))
+    impl = implementations()[name]
+    return lambda: impl(z1, z2).backward()
+
+
+def measure_case(n, d, impls, device, reps, rss=True):
+    """Time, peak memory, value and gradient agreement of every implementation at one (N, D).
+
+    Peak memory two ways: the tensors' own accounting in this process (``peak_bytes``) and, with ``rss`` on the
+    CPU, the growth of resident memory in a fresh process (``rss_bytes``, else None; on CUDA the loss's memory
+    is not host memory).
+    """
+    z1, z2 = case_inputs(n, d, device)
     results = {name: {} for name in impls}
 
     def clear(_name=None):
@@ -77,6 +98,9 @@ def measure_case(n, d, impls, device, reps):
         results[name]["loss_rel_diff"] = abs(results[name]["loss"] - ref_loss) / abs(ref_loss)
         results[name]["grad_rel_diff"] = ((grad - reference_grad).norm() / reference_grad.norm()).item()
     del reference_grad
+    for name in impls:
+        results[name]["rss_bytes"] = (harness.peak_rss_increase(f"{__name__}:fresh_process_pass", name, n, d)
+                                      if rss and device.type == "cpu" else None)
     timings = harness.time_side_by_side(
         {name: (lambda name=name: step(name)) for name in impls}, device, reps=reps, warmup=0, before_each=clear,
     )
@@ -92,7 +116,7 @@ def crossover(device, reps, log):
     impls = implementations(("cross_correlation", "gram"))
     rows, ratios = [], []
     for n in CROSSOVER_N:
-        r = measure_case(n, CROSSOVER_D, impls, device, reps)
+        r = measure_case(n, CROSSOVER_D, impls, device, reps, rss=False)
         gram_over_cc = r["gram"]["seconds"] / r["cross_correlation"]["seconds"]
         ratios.append((n / CROSSOVER_D, gram_over_cc))
         rows.append([n, CROSSOVER_D, f"{n / CROSSOVER_D:.2f}", f"{r['cross_correlation']['seconds'] * 1e3:.0f}",
@@ -115,8 +139,11 @@ def interpolate_crossover(ratios):
 
 def run(device, reps, max_pass_seconds, log, sizes_n=SIZES_N, sizes_d=SIZES_D, crossover_sweep=True):
     print(f"\n== loss: forward+backward of barlow_twins_loss vs the official formulation, fp32 on {device} ==")
-    print("peak = most tensor memory allocated above the inputs during one forward+backward "
+    print("tensor peak = most tensor memory allocated above the inputs during one forward+backward "
           + ("(CUDA allocator)" if device.type == "cuda" else "(torch.profiler CPU memory events)"))
+    if device.type == "cpu":
+        print("RSS peak = growth of the resident memory (VmHWM) over the first forward+backward in a fresh process, "
+              "above the inputs: tensors, allocator slack and library workspaces")
     impls = implementations()
     per_nd2 = reference_seconds_per_nd2(device)
     print(f"cases whose reference forward+backward is predicted over {max_pass_seconds:.0f} s are skipped "
@@ -133,15 +160,17 @@ def run(device, reps, max_pass_seconds, log, sizes_n=SIZES_N, sizes_d=SIZES_D, c
             for name, m in r.items():
                 rows.append([n, d, name, f"{m['seconds'] * 1e3:.0f}", f"{m['min_seconds'] * 1e3:.0f}",
                              f"{m['spread']:.2f}",
-                             harness.mib(m["peak_bytes"]), harness.ratio(m["seconds"], ref["seconds"]),
-                             harness.ratio(m["peak_bytes"], ref["peak_bytes"]),
+                             harness.ratio(m["seconds"], ref["seconds"]),
+                             harness.mib(m["peak_bytes"]), harness.ratio(m["peak_bytes"], ref["peak_bytes"]),
+                             harness.mib(m["rss_bytes"]), harness.ratio(m["rss_bytes"], ref["rss_bytes"]),
                              f"{m['loss_rel_diff']:.1e}", f"{m['grad_rel_diff']:.1e}"])
                 log.write(bench="loss", n=n, d=d, impl=name, device=str(device), **m)
             if n == TARGET_N:
                 at_target[d] = r
             print(f"  N={n} D={d} done", flush=True)
     print(harness.format_table(
-        ["N", "D", "impl", "median ms", "min ms", "spread", "peak MiB", "time/ref", "mem/ref", "loss rel", "grad rel"], rows))
+        ["N", "D", "impl", "median ms", "min ms", "spread", "time/ref", "tensor MiB", "tensor/ref", "RSS MiB",
+         "RSS/ref", "loss rel", "grad rel"], rows))
     summary = []
     if crossover_sweep:
         print(f"\ncrossover: Gram form vs cross-correlation form at D={CROSSOVER_D}")
@@ -154,6 +183,8 @@ def run(device, reps, max_pass_seconds, log, sizes_n=SIZES_N, sizes_d=SIZES_D, c
         ref = r["reference"]
         summary.append(
             f"N={TARGET_N} D={d}: auto time {harness.ratio(r['auto']['seconds'], ref['seconds'])}, "
-            f"auto peak {harness.ratio(r['auto']['peak_bytes'], ref['peak_bytes'])}, "
+            f"auto peak tensors {harness.ratio(r['auto']['peak_bytes'], ref['peak_bytes'])}, "
+            f"auto peak RSS {harness.ratio(r['auto']['rss_bytes'], ref['rss_bytes'])}, "
             f"loss rel diff {r['auto']['loss_rel_diff']:.1e}")
-    print("RATIOS loss (ours/reference, same process): " + "; ".join(summary))
+    print("RATIOS loss (ours/reference; time and tensors in one process, RSS in a fresh process each): "
+          + "; ".join(summary))

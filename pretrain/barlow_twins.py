@@ -50,16 +50,16 @@ def _global_sum(tensor):
 
 def _global_batch_norm(z1, z2, global_batch, eps):
     """Both views (each N x D) standardised per column with the mean and biased variance of the global
-    batch, stacked as 2 x N x D; under DDP both views share each collective."""
+    batch, as a pair; under DDP both views share each collective."""
     if _world_size() == 1:
         # One fused op per view that keeps only its input (the caller's tensor) and the statistics for
-        # backward: fewer N x D buffers at the peak than the composite below (python -m bench loss).
-        return torch.stack([nn.functional.batch_norm(z, None, None, training=True, eps=eps) for z in (z1, z2)])
+        # backward, and no stacked copy: fewer N x D buffers at the peak (python -m bench loss).
+        return tuple(nn.functional.batch_norm(z, None, None, training=True, eps=eps) for z in (z1, z2))
     views = torch.stack((z1, z2))
     mean = _global_sum(views.sum(dim=1, keepdim=True)) / global_batch
     centred = views - mean
     var = _global_sum(centred.square().sum(dim=1, keepdim=True)) / global_batch
-    return centred * torch.rsqrt(var + eps)
+    return (centred * torch.rsqrt(var + eps)).unbind()
 
 
 def choose_form(global_batch, dim):
@@ -68,26 +68,56 @@ def choose_form(global_batch, dim):
 
 
 def _loss_cross_correlation(views, global_batch, lambd):
-    c = _global_sum(views[0].T @ views[1]) / global_batch
+    view1, view2 = views
+    c = _global_sum(view1.T @ view2) / global_batch
     diag = torch.diagonal(c)
     on_diag = (1 - diag).square().sum()
     off_diag = c.square().sum() - diag.square().sum()
     return on_diag + lambd * off_diag
 
 
+class _GramTerms(torch.autograd.Function):
+    """This process's part of ``N diag(C)`` and of ``N^2 ||C||_F^2`` as one vector (D + 1), from its
+    normalised views (each n x D) and everyone's (each N x D; in one process, the views themselves).
+
+    Its own backward writes the gradient of both terms into one n x D buffer per view. Autograd's
+    would keep one buffer per term and per view and then their sum: at N=1024, D=16384 that is
+    two N x D buffers more at the peak, the largest part of the peak (python -m bench loss).
+    """
+
+    @staticmethod
+    def forward(ctx, view1, view2, everyone1, everyone2):
+        # This process's rows of the two Gram matrices; their elementwise product summed over all
+        # processes is N^2 ||C||_F^2.
+        gram1, gram2 = view1 @ everyone1.T, view2 @ everyone2.T
+        ctx.save_for_backward(view1, view2, everyone1, everyone2, gram1, gram2)
+        frobenius_rows = (gram1 * gram2).sum()
+        return torch.cat([(view1 * view2).sum(dim=0), frobenius_rows.view(1)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        view1, view2, everyone1, everyone2, gram1, gram2 = ctx.saved_tensors
+        grad_diag, grad_frobenius = grad[:-1], grad[-1]
+        # The Gram matrices are symmetric, so the gradient through everyone's rows equals the one through
+        # this process's rows: count the latter twice and send none to ``everyone``. Summed over
+        # processes this is the exact gradient; it takes one n x N x D product per view and no
+        # backward all-gather.
+        grad1 = (gram2 * (2 * grad_frobenius)) @ everyone1
+        grad1.addcmul_(view2, grad_diag)
+        grad2 = (gram1 * (2 * grad_frobenius)) @ everyone2
+        grad2.addcmul_(view1, grad_diag)
+        return grad1, grad2, None, None
+
+
 def _loss_gram(views, global_batch, lambd):
-    everyone = collectives.all_gather_single_autograd(views, 1, dist.group.WORLD) if _world_size() > 1 else views
-    # This process's rows of the two Gram matrices; their elementwise product summed over all
-    # processes is N^2 ||C||_F^2. One all-reduce carries it with this process's part of diag(C).
-    # The Gram matrices are symmetric, so the gradient through ``everyone`` equals the one through
-    # ``views``: detach it and double the gradient (2s - s.detach() keeps the value exactly). Backward
-    # then does one N x N x D product per view instead of two, and no all-gather.
-    gram_rows = torch.bmm(views, everyone.detach().transpose(1, 2))
-    frobenius_rows = (gram_rows[0] * gram_rows[1]).sum()
-    frobenius_rows = 2 * frobenius_rows - frobenius_rows.detach()
-    view1, view2 = views.unbind()  # views[0], views[1] would each cost a zero-filled 2 x N x D buffer in backward
-    local = torch.cat([(view1 * view2).sum(dim=0), frobenius_rows.view(1)])
-    total = _global_sum(local)
+    if _world_size() > 1:
+        # One all-gather for both views; detached, as _GramTerms sends no gradient to everyone's rows.
+        gathered = collectives.all_gather_single_autograd(torch.stack(views), 1, dist.group.WORLD)
+        everyone = gathered.detach().unbind()
+    else:
+        everyone = views
+    # One all-reduce carries this process's part of both terms.
+    total = _global_sum(_GramTerms.apply(*views, *everyone))
     diag, frobenius_sq = total[:-1] / global_batch, total[-1] / global_batch**2
     on_diag = (1 - diag).square().sum()
     off_diag = frobenius_sq - diag.square().sum()
