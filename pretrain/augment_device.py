@@ -68,21 +68,26 @@ def adjust_saturation(images, factor):
 
 
 def _rgb_to_hsv(images):
-    """PIL's RGB -> HSV conversion (libImaging rgb2hsv_row): 8-bit H, S, V, as int32."""
+    """PIL's RGB -> HSV conversion (libImaging rgb2hsv_row): 8-bit H, S, V, as int32 (N, H, W).
+
+    C's float and double steps are kept (a double sum of two floats, stored to a float, is not the float sum).
+    """
     r, g, b = images.to(torch.int32).unbind(1)
     maxc = torch.maximum(r, torch.maximum(g, b))
-    minc = torch.minimum(r, torch.minimum(g, b))
-    grey = maxc == minc
-    span = (maxc - minc).float().clamp_(min=1)  # C float; the clamp only guards the grey pixels, set to 0 below
-    saturation = (maxc - minc).float() / maxc.float().clamp(min=1)
-    rc, gc, bc = ((maxc - c).float() / span for c in (r, g, b))
-    # "2.0 + rc - bc" is evaluated in double in C and stored to float.
-    hue = torch.where(r == maxc, bc - gc,
-                      torch.where(g == maxc, (2.0 + rc.double() - bc.double()).float(),
-                                  (4.0 + gc.double() - rc.double()).float()))
+    span = maxc - torch.minimum(r, torch.minimum(g, b))
+    grey = span == 0
+    # h = bc - gc, 2 + rc - bc or 4 + gc - rc, where xc = (maxc - x) / span; bc - gc is the same in double.
+    red_max, green_max = r == maxc, g == maxc
+    offset = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0)).double()
+    plus = torch.where(red_max, b, torch.where(green_max, r, g))
+    minus = torch.where(red_max, g, torch.where(green_max, b, r))
+    span_f = span.float().clamp_(min=1)  # grey pixels (span 0) get h = s = 0 below
+    hue = (offset + ((maxc - plus).float() / span_f).double() - ((maxc - minus).float() / span_f).double()).float()
     hue = torch.fmod(hue.double() / 6.0 + 1.0, 1.0).float()
-    h = torch.where(grey, 0, (hue.double() * 255.0).trunc().clamp(0, 255).to(torch.int32))
-    s = torch.where(grey, 0, (saturation.double() * 255.0).trunc().clamp(0, 255).to(torch.int32))
+    saturation = span.float() / maxc.float().clamp_(min=1)
+    # C's CLIP8 keeps these as they are: h * 255 < 255 and s * 255 <= 255.
+    h = torch.where(grey, 0, (hue.double() * 255.0).to(torch.int32))
+    s = torch.where(grey, 0, (saturation.double() * 255.0).to(torch.int32))
     return h, s, maxc
 
 
@@ -90,6 +95,10 @@ def _round_half_away(values):
     """C's round() for values >= 0 (torch.round rounds halves to even)."""
     floor = values.floor()
     return floor + (values - floor >= 0.5)
+
+
+# hsv2rgb's output per sector (floor(h * 6 / 255) mod 6) as indices into (v, p, q, t).
+_SECTOR_CHANNELS = torch.tensor([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
 
 
 def _hsv_to_rgb(h, s, v):
@@ -102,16 +111,10 @@ def _hsv_to_rgb(h, s, v):
     p = _round_half_away(vd * (1.0 - fs.double()))
     q = _round_half_away(vd * (1.0 - (fs * f).double()))  # fs * f: a float product in C
     t = _round_half_away(vd * (1.0 - fs.double() * (1.0 - f.double())))
-    p, q, t = (x.clamp(0, 255).to(torch.int32) for x in (p, q, t))
-    sector = sector.to(torch.int32) % 6
-    choices = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
-    channels = []
-    for channel in range(3):
-        out = choices[0][channel]
-        for index, choice in enumerate(choices[1:], start=1):
-            out = torch.where(sector == index, choice[channel], out)
-        channels.append(torch.where(s == 0, v, out))
-    return torch.stack(channels, dim=1).to(torch.uint8)
+    candidates = torch.stack([v, p.to(torch.int32), q.to(torch.int32), t.to(torch.int32)], dim=1)  # all in [0, v]
+    table = _SECTOR_CHANNELS.to(h.device)
+    rgb = candidates.gather(1, table[sector.to(torch.int64) % 6].permute(0, 3, 1, 2))
+    return torch.where((s == 0).unsqueeze(1), v.unsqueeze(1), rgb).to(torch.uint8)
 
 
 def adjust_hue(images, factor):
@@ -151,29 +154,39 @@ def box_blur_weights(sigma):
     return radius, inner, edge
 
 
-def _box_pass(images, dim, radius, inner, edge, reach):
+def _box_taps(sigma):
+    """Per-sample weights of pixels 0, 1, ..., reach away from the centre in one box pass, each split at 2^12
+    into (high, low) int32 parts, (reach + 1, N, 1, 1, 1); and reach."""
+    radius, inner, edge = box_blur_weights(sigma)
+    reach = int(radius.max()) + 1
+    distance = torch.arange(reach + 1).unsqueeze(1)
+    taps = torch.where(distance <= radius, inner, torch.where(distance == radius + 1, edge, 0))
+    taps = taps.to(torch.int32).view(reach + 1, -1, 1, 1, 1)
+    return taps >> 12, taps & 4095, reach
+
+
+def _box_pass(images, dim, taps_high, taps_low, reach):
     """One ImagingHorizontalBoxBlur pass along ``dim`` (edge pixels repeated), rounded to 8 bits as PIL does."""
     size = images.shape[dim]
     index = torch.arange(-reach, size + reach, device=images.device).clamp_(0, size - 1)
     padded = images.index_select(dim, index).to(torch.int32)
-    inner_sum = torch.zeros_like(padded.narrow(dim, 0, size))
-    edge_sum = torch.zeros_like(inner_sum)
-    for offset in range(-reach, reach + 1):
-        shifted = padded.narrow(dim, reach + offset, size)
-        inner_sum += shifted * (abs(offset) <= radius)
-        edge_sum += shifted * (abs(offset) == radius + 1)
-    bulk = inner_sum.to(torch.int64) * inner + edge_sum.to(torch.int64) * edge  # exact: below 2^32
-    return ((bulk + (1 << 23)) >> 24).to(torch.uint8)
+    centre = padded.narrow(dim, reach, size)
+    high, low = centre * taps_high[0], centre * taps_low[0]
+    for distance in range(1, reach + 1):
+        pair = padded.narrow(dim, reach - distance, size) + padded.narrow(dim, reach + distance, size)
+        high += pair * taps_high[distance]
+        low += pair * taps_low[distance]
+    # PIL: (sum of weight x pixel + 2^23) >> 24 in 32 bits unsigned; the same from the two halves, in int32.
+    return ((high + ((low + (1 << 23)) >> 12)) >> 12).to(torch.uint8)
 
 
 def gaussian_blur(images, sigma):
     """``image.filter(ImageFilter.GaussianBlur(sigma))`` for each sample's sigma (a host tensor or sequence)."""
-    radius, inner, edge = box_blur_weights(sigma)
-    reach = int(radius.max()) + 1
-    radius, inner, edge = (_per_sample(x, images) for x in (radius, inner, edge))
+    taps_high, taps_low, reach = _box_taps(sigma)  # reach <= 2 for sigma <= 2; int32 holds the sums up to ~1000
+    taps_high, taps_low = _to(taps_high, images.device), _to(taps_low, images.device)
     for dim in (3, 2):  # PIL: every horizontal pass, then every vertical one
         for _ in range(BLUR_PASSES):
-            images = _box_pass(images, dim, radius, inner, edge, reach)
+            images = _box_pass(images, dim, taps_high, taps_low, reach)
     return images
 
 
