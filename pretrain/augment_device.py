@@ -13,7 +13,7 @@ variance is sigma^2 (Gwosdek et al. 2011), each pass rounded to 8 bits, with edg
 sampled Gaussian kernel. For sigma in [0.1, 2] its support is at most 2 pixels per pass, 6 in all.
 
 The decisions arrive as CPU tensors (from the loader); which samples each operation touches, and the box
-sizes of the blur, are worked out there, so the device never waits for the host.
+sizes of the blur, are worked out there, so the host never waits for the device (no synchronisation per step).
 """
 import torch
 
@@ -76,7 +76,8 @@ def _rgb_to_hsv(images):
     maxc = torch.maximum(r, torch.maximum(g, b))
     span = maxc - torch.minimum(r, torch.minimum(g, b))
     grey = span == 0
-    # h = bc - gc, 2 + rc - bc or 4 + gc - rc, where xc = (maxc - x) / span; bc - gc is the same in double.
+    # h = bc - gc, 2 + rc - bc or 4 + gc - rc, where xc = (maxc - x) / span, in double then stored to a float
+    # (for bc - gc that is the float difference).
     red_max, green_max = r == maxc, g == maxc
     offset = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0)).double()
     plus = torch.where(red_max, b, torch.where(green_max, r, g))
@@ -112,7 +113,7 @@ def _hsv_to_rgb(h, s, v):
     q = _round_half_away(vd * (1.0 - (fs * f).double()))  # fs * f: a float product in C
     t = _round_half_away(vd * (1.0 - fs.double() * (1.0 - f.double())))
     candidates = torch.stack([v, p.to(torch.int32), q.to(torch.int32), t.to(torch.int32)], dim=1)  # all in [0, v]
-    table = _SECTOR_CHANNELS.to(h.device)
+    table = _to(_SECTOR_CHANNELS, h.device)
     rgb = candidates.gather(1, table[sector.to(torch.int64) % 6].permute(0, 3, 1, 2))
     return torch.where((s == 0).unsqueeze(1), v.unsqueeze(1), rgb).to(torch.uint8)
 
@@ -182,7 +183,7 @@ def _box_pass(images, dim, taps_high, taps_low, reach):
 
 def gaussian_blur(images, sigma):
     """``image.filter(ImageFilter.GaussianBlur(sigma))`` for each sample's sigma (a host tensor or sequence)."""
-    taps_high, taps_low, reach = _box_taps(sigma)  # reach <= 2 for sigma <= 2; int32 holds the sums up to ~1000
+    taps_high, taps_low, reach = _box_taps(sigma)  # reach <= 2 for sigma <= 2 (the int32 sums allow ~1000)
     taps_high, taps_low = _to(taps_high, images.device), _to(taps_low, images.device)
     for dim in (3, 2):  # PIL: every horizontal pass, then every vertical one
         for _ in range(BLUR_PASSES):
@@ -217,6 +218,9 @@ def apply_colour(images, colour):
         if len(samples) == 0:
             continue
         args = () if factors is None else (factors[samples],)
+        if len(samples) == len(images):  # e.g. the first view's blur: no gather and scatter
+            images = op(images, *args)
+            continue
         on_device = _to(samples, images.device)
         images = images.index_copy(0, on_device, op(images.index_select(0, on_device), *args))
     return images
