@@ -108,10 +108,10 @@ def _hsv_to_rgb(h, s, v):
     sector = sector_pos.floor()
     f = (sector_pos - sector).float()
     fs = (s.double() / 255.0).float()
-    vd = v.double()
-    p = _round_half_away(vd * (1.0 - fs.double()))
+    vd, fsd = v.double(), fs.double()
+    p = _round_half_away(vd * (1.0 - fsd))
     q = _round_half_away(vd * (1.0 - (fs * f).double()))  # fs * f: a float product in C
-    t = _round_half_away(vd * (1.0 - fs.double() * (1.0 - f.double())))
+    t = _round_half_away(vd * (1.0 - fsd * (1.0 - f.double())))
     candidates = torch.stack([v, p.to(torch.int32), q.to(torch.int32), t.to(torch.int32)], dim=1)  # all in [0, v]
     table = _to(_SECTOR_CHANNELS, h.device)
     rgb = candidates.gather(1, table[sector.to(torch.int64) % 6].permute(0, 3, 1, 2))
@@ -166,11 +166,17 @@ def _box_taps(sigma):
     return taps >> 12, taps & 4095, reach
 
 
+def _pad_repeating_edges(images, dim, reach):
+    size = list(images.shape)
+    size[dim] = reach
+    first, last = images.narrow(dim, 0, 1), images.narrow(dim, images.shape[dim] - 1, 1)
+    return torch.cat([first.expand(size), images, last.expand(size)], dim)  # index_select is far slower on CPU
+
+
 def _box_pass(images, dim, taps_high, taps_low, reach):
     """One ImagingHorizontalBoxBlur pass along ``dim`` (edge pixels repeated), rounded to 8 bits as PIL does."""
     size = images.shape[dim]
-    index = torch.arange(-reach, size + reach, device=images.device).clamp_(0, size - 1)
-    padded = images.index_select(dim, index).to(torch.int32)
+    padded = _pad_repeating_edges(images, dim, reach).to(torch.int32)
     centre = padded.narrow(dim, reach, size)
     high, low = centre * taps_high[0], centre * taps_low[0]
     for distance in range(1, reach + 1):
