@@ -1,4 +1,5 @@
-"""Colour operations on the device (pretrain.augment_device) against the PIL operations of the official pipeline.
+"""Colour operations on the device (pretrain.augment_device) against the PIL operations of the official pipeline,
+and what stays on the device (no per-step host tensors there, normalisation constants included).
 
 Measured tolerance: none. For the same parameters every batched operation gives the PIL result bit for bit
 (max abs difference 0 of 255, mean 0), here on varied images over the official ranges, and, for the hue (the only
@@ -12,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter, ImageOps
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import default_collate
 from torchvision.transforms import functional as F
 
 from pretrain import augment_device as device_ops
 from pretrain.augment import (
-    VIEW_POLICIES, TwoViews, ViewParams, colour_tensors, render_colour, sample_view_params, to_uint8_tensor,
+    VIEW_POLICIES, TwoViews, ViewParams, colour_tensors, normalize_batch, render_colour, sample_view_params,
+    to_uint8_tensor,
 )
 from pretrain.data import ResumableSampler, TwoViewDataset, make_loader
 from pretrain.images import sample_generator
@@ -200,3 +203,48 @@ def test_augment_choice():
     assert resolve_augment("cpu", torch.device("cuda", 0)) == "cpu"
     with pytest.raises(ValueError, match="normalize=False"):
         TwoViews(16, colour_on_device=True)
+
+
+class DevicesSeen(TorchDispatchMode):
+    """Records (operation, devices of its tensor arguments, devices of its results) for every operation."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.add((func.name(), devices_of((args, kwargs)), devices_of(out)))
+        return out
+
+
+def devices_of(tree):
+    return tuple(sorted({str(leaf.device) for leaf in torch.utils._pytree.tree_leaves(tree)
+                         if isinstance(leaf, torch.Tensor)}))
+
+
+# The meta device stands in for an accelerator: on the CPU device itself ``.to`` is a no-op and would show nothing.
+META = torch.device("meta")
+
+
+def test_apply_colour_computes_on_the_views_device_with_only_small_host_copies():
+    params = sampled_params(16, seed=10)
+    colour = default_collate([colour_tensors(p) for p in params])
+    with DevicesSeen() as seen:
+        out = device_ops.apply_colour(torch.zeros(len(params), 3, 8, 8, dtype=torch.uint8, device=META), colour)
+    assert out.device == META and out.shape == (len(params), 3, 8, 8) and out.dtype == torch.uint8
+    # Every operation on the device reads device tensors only; host values (factors, sample indices, box weights,
+    # the HSV sector table) reach it as copies.
+    assert {name for name, inputs, outputs in seen.ops if "meta" in outputs and "cpu" in inputs} == {"aten::_to_copy"}
+
+
+def test_normalisation_constants_are_made_once_per_device_not_per_call():
+    """No host-to-device copy per step: after the first call on a device, normalize_batch reads no host tensor."""
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8, device=META)
+    with DevicesSeen() as first:
+        normalize_batch(images)
+    with DevicesSeen() as later:
+        for _ in range(3):
+            assert normalize_batch(images).device == META
+    assert ("aten::_to_copy", ("cpu",), ("meta",)) in first.ops  # the constants, copied over once
+    assert later.ops and all(inputs == outputs == ("meta",) for _, inputs, outputs in later.ops), sorted(later.ops)
