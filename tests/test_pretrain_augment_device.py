@@ -4,7 +4,7 @@ and what stays on the device (no per-step host tensors there, normalisation cons
 Measured tolerance: none. For the same parameters every batched operation gives the PIL result bit for bit
 (max abs difference 0 of 255, mean 0), here on varied images over the official ranges, and, for the hue (the only
 operation with float rounding in a colour-space round trip), over the whole 2^24-colour RGB cube at 9 shifts
-between -0.1 and 0.1 (checked once, 90 s; the test below samples the cube).
+between -0.1 and 0.1 (checked once; the test below samples the cube).
 """
 import itertools
 import math
@@ -32,8 +32,8 @@ def varied_images(count, height=24, width=28, seed=0):
     rng = np.random.default_rng(seed)
     images = []
     for index in range(count):
-        coarse = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).resize((width, height),
-                                                                                          Image.BICUBIC)
+        coarse = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
+        coarse = coarse.resize((width, height), Image.BICUBIC)
         pixels = np.asarray(coarse, dtype=np.float64) + rng.normal(0, 20 * (index % 3), (height, width, 3))
         pixels[: height // 4] = pixels[: height // 4].mean(axis=-1, keepdims=True)  # grey: hue and saturation 0
         pixels[-2:] *= 1.5
@@ -46,9 +46,10 @@ def as_batch(images):
 
 
 def pil_batch(images, operation, factors=None):
-    return torch.stack([to_uint8_tensor(operation(Image.fromarray(image), *(() if factors is None else
-                                                                          (float(factors[i]),))))
-                        for i, image in enumerate(images)])
+    """The PIL ``operation`` on each image (with that image's factor, if any), as a uint8 batch."""
+    arguments = [()] * len(images) if factors is None else [(float(factor),) for factor in factors]
+    return torch.stack([to_uint8_tensor(operation(Image.fromarray(image), *args))
+                        for image, args in zip(images, arguments, strict=True)])
 
 
 def assert_same_pixels(ours, reference):
@@ -93,8 +94,8 @@ def test_grayscale_and_solarisation_equal_pil():
 
 
 def test_blur_equals_pils_box_approximation_which_is_not_a_sampled_gaussian():
-    sigmas = torch.cat([torch.tensor([0.1, 2.0], dtype=torch.float64),
-                        0.1 + 1.9 * torch.rand(len(IMAGES) - 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))])
+    draws = torch.rand(len(IMAGES) - 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.cat([torch.tensor([0.1, 2.0], dtype=torch.float64), 0.1 + 1.9 * draws])
     blurred = device_ops.gaussian_blur(as_batch(IMAGES), sigmas)
     assert_same_pixels(blurred, pil_batch(IMAGES, lambda image, s: image.filter(ImageFilter.GaussianBlur(s)), sigmas))
 
@@ -121,7 +122,8 @@ def test_jitter_runs_in_each_samples_sampled_order():
     factors = (1.35, 0.65, 1.15, 0.08)
     params = [ViewParams(crop=None, flip=False, jitter=(order, *factors), grayscale=False, blur_sigma=None,
                          solarize=False) for order in orders]
-    ours = device_ops.apply_colour(as_batch([image] * len(orders)), default_collate([colour_tensors(p) for p in params]))
+    colour = default_collate([colour_tensors(p) for p in params])
+    ours = device_ops.apply_colour(as_batch([image] * len(orders)), colour)
     official = torch.stack([to_uint8_tensor(render_colour(Image.fromarray(image), p)) for p in params])
     assert_same_pixels(ours, official)
     # The order matters for these factors, so the agreement above is about the order and not only the factors.
