@@ -122,4 +122,3 @@ def test_reduced_scale_decode_gives_nearly_the_same_view(jpeg_path):
     fast = to_uint8_tensor(render_view(reduced, params, sx, sy, 200)).float()
     full = to_uint8_tensor(render_view(Image.open(jpeg_path).convert("RGB"), params, 1.0, 1.0, 200)).float()
     assert (fast - full).abs().mean() < 2.0  # grey levels out of 255
-
