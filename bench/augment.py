@@ -3,8 +3,10 @@
 Per core means one process with one torch thread, which is what one DataLoader worker is. The JPEGs are written
 by the benchmark at ImageNet's typical size (500 x 375, quality 90) with natural-image-like content (smooth
 colour fields plus grain), because decoding is a large share of the cost and depends on file size and entropy.
+
+Then the other half of ``--augment device``: the batched colour operations (``pretrain.augment_device``) on the
+loader's batch of those views, per image pair, on the CPU with one thread, and on CUDA when there is one.
 """
-import dataclasses
 import random
 import tempfile
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
 
 from bench import harness, reference
 
@@ -33,25 +36,23 @@ def write_jpegs(folder, count, seed=0):
     return paths
 
 
+COLOUR_ON_DEVICE = "ours, colour on the device (loader's share)"
+
+
 def suite_pipelines(size=OUTPUT_SIZE):
-    """The suite's path -> (view1, view2), three ways:
+    """The suite's path -> (view1, view2, ...), three ways:
 
     - "ours": normalised float views, the reference's contract;
-    - "ours, uint8 out": what the training loader does (normalisation happens on the training device);
-    - "ours, geometry only": decode, crop+resize and flip, with the same random draws but no colour jitter, grayscale,
-      blur or solarisation: the CPU share that would be left if those ran on an accelerator in batch.
+    - "ours, uint8 out": what the training loader does with --augment cpu (normalisation on the training device);
+    - COLOUR_ON_DEVICE: what it does with --augment device: decode, crop+resize and flip, and each view's colour
+      decisions as tensors (the same random draws); jitter, grayscale, blur and solarisation run on the batch.
     """
     try:
         from pretrain import augment
     except ImportError as err:
         raise SystemExit(f"bench augment: cannot import pretrain.augment ({err})") from err
     floats, uint8 = augment.TwoViews(size), augment.TwoViews(size, normalize=False)
-
-    def geometry_only(image):
-        params = [dataclasses.replace(augment.sample_view_params(*image.size, policy), jitter=None, grayscale=False,
-                                      blur_sigma=None, solarize=False) for policy in augment.VIEW_POLICIES]
-        decoded, scale_x, scale_y = augment.decode_for_crops(image, [p.crop for p in params], size)
-        return tuple(augment.to_uint8_tensor(augment.render_view(decoded, p, scale_x, scale_y, size)) for p in params)
+    geometry = augment.TwoViews(size, normalize=False, colour_on_device=True)
 
     def from_file(transform):
         def pipeline(path):
@@ -61,8 +62,7 @@ def suite_pipelines(size=OUTPUT_SIZE):
                 return transform(image)
         return pipeline
 
-    return {"ours": from_file(floats), "ours, uint8 out": from_file(uint8),
-            "ours, geometry only": from_file(geometry_only)}
+    return {"ours": from_file(floats), "ours, uint8 out": from_file(uint8), COLOUR_ON_DEVICE: from_file(geometry)}
 
 
 def reference_pipeline(size=OUTPUT_SIZE):
@@ -70,11 +70,36 @@ def reference_pipeline(size=OUTPUT_SIZE):
     return lambda path: transform(reference.load_image(path))
 
 
-def check_views(views, size, name):
-    """Two 3 x size x size views: the same work as the reference, not a shortcut."""
-    if len(views) != 2 or any(view.shape != (3, size, size) for view in views):
-        raise SystemExit(f"bench augment: {name} produced views of shapes {[tuple(v.shape) for v in views]}; "
-                         f"expected two of (3, {size}, {size})")
+def check_views(outputs, size, name):
+    """Two 3 x size x size views (then, colour on the device, their two colour decisions): the same work as the
+    reference, not a shortcut."""
+    views = outputs[:2]
+    if len(outputs) != (4 if name == COLOUR_ON_DEVICE else 2) or any(view.shape != (3, size, size) for view in views):
+        raise SystemExit(f"bench augment: {name} produced {len(outputs)} outputs, views of shapes "
+                         f"{[tuple(v.shape) for v in views]}; expected two views of (3, {size}, {size})")
+
+
+def time_colour_on_batch(batch, reps, log):
+    """Time per image pair of ``apply_colour`` on both views of the loader's ``batch``, per device available."""
+    from pretrain.augment_device import apply_colour
+
+    views, colours = batch[:2], batch[2:]
+    pairs = len(views[0])
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        on_device = [view.to(device) for view in views]
+
+        def both_views():
+            for view, colour in zip(on_device, colours):
+                apply_colour(view, colour)
+
+        timing = harness.time_side_by_side({"apply_colour": both_views}, device, reps=reps, warmup=1)["apply_colour"]
+        label = "cpu, one thread" if device.type == "cpu" else torch.cuda.get_device_name(device)
+        rows.append([label, f"{1e3 * timing.median / pairs:.2f}", f"{timing.spread:.2f}"])
+        log.write(bench="augment", impl="apply_colour", device=str(device), pairs=pairs, seconds=timing.median,
+                  ms_per_pair=1e3 * timing.median / pairs, spread=timing.spread)
+    return rows
 
 
 def run(images, reps, log):
@@ -99,6 +124,8 @@ def run(images, reps, log):
             torch.manual_seed(0)
             timings = harness.time_side_by_side(
                 {name: over_all_files(p) for name, p in pipelines.items()}, torch.device("cpu"), reps=reps, warmup=1)
+            batch = default_collate([pipelines[COLOUR_ON_DEVICE](path) for path in paths])
+            colour_rows = time_colour_on_batch(batch, reps, log)
     finally:
         torch.set_num_threads(threads)
     rows = []
@@ -108,6 +135,11 @@ def run(images, reps, log):
         log.write(bench="augment", impl=name, images=images, seconds=timing.median, images_per_second=rate,
                   spread=timing.spread)
     print(harness.format_table(["impl", "img/s/core", "ms/img", "spread"], rows))
+    pil_colour = (timings["ours, uint8 out"].median - timings[COLOUR_ON_DEVICE].median) / images
+    print(f"\nColour operations on the loader's batch of {images} pairs (pretrain.augment_device.apply_colour, both "
+          f"views); the same operations in PIL cost {1e3 * pil_colour:.2f} ms per pair in the loader (uint8 out minus "
+          "the loader's share):")
+    print(harness.format_table(["device", "ms/pair", "spread"], colour_rows))
     speedups = [f"{name} {timings['reference'].median / timings[name].median:.2f}x" for name in timings
                 if name != "reference"]
     print("RATIOS augment (images per second per core, ours/reference, same process): " + "; ".join(speedups))

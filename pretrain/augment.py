@@ -20,7 +20,10 @@ come from torchvision's own samplers); what differs is only how the work is done
   decode 2-8x faster and the bicubic resize sees no less detail than the output has;
 - the colour operations run on 8-bit PIL images at the output size (as in the official pipeline:
   they are most of the time per image), and normalisation comes last, straight from uint8, or is
-  left to the accelerator (``normalize=False`` returns uint8 tensors; see ``normalize_batch``).
+  left to the accelerator (``normalize=False`` returns uint8 tensors; see ``normalize_batch``);
+- or, with ``colour_on_device=True``, the loader does only the geometry and hands each view's colour
+  decisions over as tensors (``colour_tensors``); ``pretrain.augment_device.apply_colour`` then runs
+  jitter, grayscale, blur and solarisation on the batch, on the training device, as PIL computes them.
 
 Without a reduced-scale decode (small images, small crops) every view is pixel-identical to the
 official pipeline's for the same random decisions (tests/test_pretrain_augment.py checks it).
@@ -28,6 +31,7 @@ official pipeline's for the same random decisions (tests/test_pretrain_augment.p
 Randomness comes from torch's global generator, so the caller controls it (the pretraining dataset
 seeds it per sample: see ``pretrain.data``).
 """
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,8 +123,8 @@ def _apply_jitter(image, jitter):
     return image
 
 
-def render_view(image, params, scale_x, scale_y, size):
-    """Apply ``params`` to the decoded RGB ``image`` (scaled by scale_x, scale_y from the source)."""
+def render_geometry(image, params, scale_x, scale_y, size):
+    """Crop, resize and flip of ``params`` on the decoded RGB ``image`` (scaled by scale_x, scale_y from the source)."""
     top, left, h, w = params.crop
     if scale_x == scale_y == 1.0:
         # Exactly torchvision's resized_crop: a resize with box= would also read pixels outside the crop.
@@ -130,6 +134,11 @@ def render_view(image, params, scale_x, scale_y, size):
         view = image.resize((size, size), Image.BICUBIC, box=box)
     if params.flip:
         view = view.transpose(Image.FLIP_LEFT_RIGHT)
+    return view
+
+
+def render_colour(view, params):
+    """Colour jitter, grayscale, blur and solarisation of ``params`` on an RGB view, in the official order."""
     if params.jitter is not None:
         view = _apply_jitter(view, params.jitter)
     if params.grayscale:
@@ -141,6 +150,31 @@ def render_view(image, params, scale_x, scale_y, size):
     return view
 
 
+def render_view(image, params, scale_x, scale_y, size):
+    """Apply ``params`` to the decoded RGB ``image`` (scaled by scale_x, scale_y from the source)."""
+    return render_colour(render_geometry(image, params, scale_x, scale_y, size), params)
+
+
+def colour_tensors(params):
+    """The colour decisions of one view as tensors, for ``pretrain.augment_device.apply_colour``.
+
+    float64 keeps every factor and sigma exactly the value the PIL pipeline would use. Without jitter, the
+    order and factors are placeholders that ``jitter`` False makes unused; likewise ``blur_sigma``.
+    """
+    order, *factors = params.jitter if params.jitter is not None else ((0, 1, 2, 3), 1.0, 1.0, 1.0, 0.0)
+    if any(factor is None for factor in factors):
+        raise ValueError(f"colour_tensors needs all four jitter factors, got {params.jitter}")
+    return {
+        "jitter": torch.tensor(params.jitter is not None),
+        "order": torch.tensor(order, dtype=torch.int64),
+        "factors": torch.tensor(factors, dtype=torch.float64),  # brightness, contrast, saturation, hue
+        "grayscale": torch.tensor(params.grayscale),
+        "blur": torch.tensor(params.blur_sigma is not None),
+        "blur_sigma": torch.tensor(params.blur_sigma or 0.0, dtype=torch.float64),
+        "solarize": torch.tensor(params.solarize),
+    }
+
+
 def to_uint8_tensor(image):
     """HWC PIL image -> contiguous CHW uint8 tensor."""
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
@@ -150,12 +184,18 @@ _MEAN_255 = torch.tensor(IMAGENET_MEAN).view(-1, 1, 1) * 255
 _INV_STD_255 = 1 / (torch.tensor(IMAGENET_STD).view(-1, 1, 1) * 255)
 
 
+@functools.cache
+def _normalisation_constants(device):
+    # Made once per device: a copy per call would be a blocking host-to-device transfer at every step.
+    return _MEAN_255.to(device), _INV_STD_255.to(device)
+
+
 def normalize_batch(images):
     """uint8 images (..., 3, H, W) on any device -> float32 normalised with the ImageNet mean/std.
 
     Equal to ToTensor() then Normalize(mean, std): (x / 255 - mean) / std = (x - 255 mean) / (255 std).
     """
-    mean, inv_std = _MEAN_255.to(images.device), _INV_STD_255.to(images.device)
+    mean, inv_std = _normalisation_constants(images.device)
     return (images.float() - mean) * inv_std
 
 
@@ -163,17 +203,26 @@ class TwoViews:
     """``TwoViews(size)(image) -> (view1, view2)``: CHW float32 normalised tensors, or uint8 with
     ``normalize=False`` (normalise on the accelerator with ``normalize_batch``).
 
+    ``colour_on_device=True`` (uint8 only) -> ``(view1, view2, colour1, colour2)``: the views cropped,
+    resized and flipped, and each view's ``colour_tensors``, for ``pretrain.augment_device.apply_colour``.
+    The random decisions are drawn the same way in both modes, so a sample gets the same ones in each.
+
     ``image`` should be lazily opened (``PIL.Image.open`` without ``load``/``convert``) so that a
     JPEG can be decoded at reduced scale; an already loaded image works too, at full cost.
     """
 
-    def __init__(self, size=224, normalize=True, policies=VIEW_POLICIES):
-        self.size, self.normalize, self.policies = size, normalize, policies
+    def __init__(self, size=224, normalize=True, policies=VIEW_POLICIES, colour_on_device=False):
+        if normalize and colour_on_device:
+            raise ValueError("colour_on_device needs normalize=False: normalisation comes after the colour operations")
+        self.size, self.normalize, self.policies, self.colour_on_device = size, normalize, policies, colour_on_device
 
     def __call__(self, image):
         width, height = image.size
         params = [sample_view_params(width, height, policy) for policy in self.policies]
         decoded, scale_x, scale_y = decode_for_crops(image, [p.crop for p in params], self.size)
+        if self.colour_on_device:
+            views = [to_uint8_tensor(render_geometry(decoded, p, scale_x, scale_y, self.size)) for p in params]
+            return (*views, *(colour_tensors(p) for p in params))
         views = [to_uint8_tensor(render_view(decoded, p, scale_x, scale_y, self.size)) for p in params]
         if self.normalize:
             views = [normalize_batch(v) for v in views]

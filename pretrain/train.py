@@ -44,6 +44,7 @@ from bt_transfer.core.progress import MetricsLog, Progress, peak_memory_gb
 from bt_transfer.core.records import code_version
 from bt_transfer.datasets.facts import generated_manifest
 from pretrain.augment import TwoViews, normalize_batch
+from pretrain.augment_device import apply_colour
 from pretrain.barlow_twins import LOSS_FORMS, BarlowTwins, parse_projector
 from pretrain.checkpoint import (
     BACKBONE_FILE, CHECKPOINT_FILE, export_backbone, remove_stale_temporaries, resume, save_checkpoint,
@@ -54,6 +55,7 @@ from pretrain.knn import KnnMonitor, labelled_splits
 from pretrain.lars import LARS, base_learning_rate, learning_rate, param_groups, set_learning_rate
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+AUGMENT_CHOICES = ("auto", "cpu", "device")
 
 
 def build_parser():
@@ -90,6 +92,10 @@ def build_parser():
     parser.add_argument("--log-every", type=int, default=10, help="steps between metrics lines")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                         help="mixed precision: auto = bf16 (fp16 before Ampere) on CUDA, off on CPU")
+    parser.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
+                        help="where colour jitter, grayscale, blur and solarisation run: cpu = in the loader workers "
+                             "(PIL), device = on the batch on the training device (same decisions, same pixels); "
+                             "auto = device on CUDA, cpu otherwise")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convolutions on GPU)")
     # On ImageNet with the defaults one evaluation embeds 50k bank + 50k val images, forward only: about 1% of
     # an epoch's compute (two views, forward and backward), so every 10 epochs costs ~0.1% and gives the
@@ -132,6 +138,13 @@ def resolve_amp(choice, device):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
 
+def resolve_augment(choice, device):
+    """Where ``--augment`` runs the colour operations on ``device``: "cpu" or "device"."""
+    if choice == "auto":
+        return "device" if device.type == "cuda" else "cpu"
+    return choice
+
+
 def build_model(args, dist_info):
     model = BarlowTwins(args.projector, args.lambd, args.loss_form, args.official_grad_scaling)
     if dist_info.distributed and dist_info.device.type == "cuda":
@@ -154,9 +167,16 @@ def build_knn_monitor(args, dist_info, amp_dtype):
 
 
 def to_device_views(batch, device, channels_last):
-    """uint8 views from the loader -> normalised float views on ``device`` (normalising there is cheaper)."""
+    """uint8 views from the loader -> normalised float views on ``device`` (normalising there is cheaper).
+
+    With --augment device the batch also holds each view's colour decisions, applied here on ``device``.
+    """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return [normalize_batch(v.to(device, non_blocking=True)).contiguous(memory_format=memory_format) for v in batch]
+    views, colours = batch[:2], batch[2:]
+    views = [v.to(device, non_blocking=True) for v in views]
+    if colours:
+        views = [apply_colour(v, colour) for v, colour in zip(views, colours, strict=True)]
+    return [normalize_batch(v).contiguous(memory_format=memory_format) for v in views]
 
 
 class RunLog:
@@ -238,7 +258,9 @@ def train(args, dist_info, argv=()):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
-    dataset = TwoViewDataset(args.data, TwoViews(args.image_size, normalize=False), seed=args.seed)
+    args.augment = resolve_augment(args.augment, device)  # args.json records the resolved choice
+    transform = TwoViews(args.image_size, normalize=False, colour_on_device=args.augment == "device")
+    dataset = TwoViewDataset(args.data, transform, seed=args.seed)
     sampler = ResumableSampler(len(dataset), args.batch_size, dist_info.rank, dist_info.world_size, args.seed)
     loader = make_loader(dataset, sampler, args.workers, pin_memory=device.type == "cuda")
     steps_per_epoch = sampler.steps_per_epoch

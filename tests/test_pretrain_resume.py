@@ -42,9 +42,32 @@ def train_args(data, out, checkpoint_every, knn_every=0):
             "--checkpoint-every", str(checkpoint_every), "--knn-every", str(knn_every)]
 
 
-def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_folder, tmp_path):
-    run_a, run_b = tmp_path / "a", tmp_path / "b"
+@pytest.fixture(scope="module")
+def uninterrupted_run(tiny_folder, tmp_path_factory):
+    """Run A: all the steps in one go, colour operations in the loader (--augment auto on CPU)."""
+    run_a = tmp_path_factory.mktemp("uninterrupted") / "a"
     main(train_args(tiny_folder, run_a, checkpoint_every=100))
+    return run_a
+
+
+def assert_same_weights_and_losses(run_a, run_b):
+    a = torch.load(run_a / "resnet50.pth", weights_only=True)
+    b = torch.load(run_b / "resnet50.pth", weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), f"{run_b.name}: weights differ from the uninterrupted run"
+    state_a, state_b = read_checkpoint(run_a / "checkpoint.pth"), read_checkpoint(run_b / "checkpoint.pth")
+    assert state_a["step"] == state_b["step"] == STEPS
+    for key, value in state_a["optimizer"]["state"].items():
+        assert torch.equal(value["momentum_buffer"], state_b["optimizer"]["state"][key]["momentum_buffer"])
+    # The losses of the resumed steps are those of the uninterrupted run.
+    losses_a = {r["step"]: r["loss"] for r in read_metrics(run_a / "metrics.jsonl")}
+    losses_b = {r["step"]: r["loss"] for r in read_metrics(run_b / "metrics.jsonl") if "loss" in r}
+    assert losses_a == losses_b and sorted(losses_a) == list(range(1, STEPS + 1))
+    return a
+
+
+def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_folder, uninterrupted_run, tmp_path):
+    run_a, run_b = uninterrupted_run, tmp_path / "b"
 
     # Run B, with the kNN monitor after each epoch, in its own process, killed as soon as its first
     # checkpoint (step 2, mid-epoch 0) lands.
@@ -70,18 +93,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_folder, tmp_path)
     main(train_args(tiny_folder, run_b, 2, knn_every=1))  # restart: resumes from the checkpoint
     assert not list(run_b.glob(".checkpoint.pth.*.tmp"))
 
-    a = torch.load(run_a / "resnet50.pth", weights_only=True)
-    b = torch.load(run_b / "resnet50.pth", weights_only=True)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    state_a, state_b = read_checkpoint(run_a / "checkpoint.pth"), read_checkpoint(run_b / "checkpoint.pth")
-    assert state_a["step"] == state_b["step"] == STEPS
-    for key, value in state_a["optimizer"]["state"].items():
-        assert torch.equal(value["momentum_buffer"], state_b["optimizer"]["state"][key]["momentum_buffer"])
-    # The losses of the resumed steps are those of the uninterrupted run.
-    losses_a = {r["step"]: r["loss"] for r in read_metrics(run_a / "metrics.jsonl")}
-    losses_b = {r["step"]: r["loss"] for r in read_metrics(run_b / "metrics.jsonl") if "loss" in r}
-    assert losses_a == losses_b and sorted(losses_a) == list(range(1, STEPS + 1))
+    a = assert_same_weights_and_losses(run_a, run_b)
     # One kNN accuracy after each epoch; a step evaluated again after the restart gets the same one.
     knn_b = {}
     for record in read_metrics(run_b / "metrics.jsonl"):
@@ -95,6 +107,21 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_folder, tmp_path)
     assert [r["epoch"] for r in records] == [0, 0, 0, 1, 1, 1] and records[0]["lr"] == 0.0
     args = json.loads((run_a / "args.json").read_text())
     assert args["world_size"] == 1 and args["batch_size"] == 4 and args["steps_per_epoch"] == 3 and args["code_version"]
+    assert args["augment"] == "cpu"  # "auto", resolved for the CPU
     assert list((run_a / "tensorboard").glob("events.out.tfevents.*"))
     missing, unexpected = torchvision.models.resnet50().load_state_dict(a, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+
+
+def test_colour_on_the_device_resumes_exactly_and_trains_like_the_loader_pipeline(tiny_folder, uninterrupted_run,
+                                                                                   tmp_path):
+    """--augment device on CPU, stopped mid-epoch and resumed: bit-identical to the uninterrupted --augment cpu
+    run, since the batched colour operations reproduce PIL's pixels from the same per-sample decisions."""
+    run_c = tmp_path / "c"
+    args = train_args(tiny_folder, run_c, checkpoint_every=100) + ["--augment", "device"]
+    main(args + ["--max-steps", "2"])
+    assert read_checkpoint(run_c / "checkpoint.pth")["step"] == 2
+    main(args)
+    assert_same_weights_and_losses(uninterrupted_run, run_c)
+    recorded = json.loads((run_c / "args.json").read_text())
+    assert recorded["augment"] == "device" and recorded["resumed_from_step"] == 2
