@@ -20,7 +20,7 @@ PY := $(VENV)/bin/python
 TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS)
 STAMP := $(VENV)/.bt-transfer-setup
 
-.PHONY: help setup test demo pretrain benchmark transfer-voc transfer-coco linear semisup tables bench bench-gpu
+.PHONY: help setup test demo gpu-check pretrain benchmark transfer-voc transfer-coco linear semisup tables bench bench-gpu
 
 help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ tables: setup ## rebuild tables/ from every result.json under runs/
 
 bench: setup ## speed and memory benchmarks, ours against the reference, side by side
 	$(PY) -m bench $(ARGS)
+
+gpu-check: setup ## every CUDA path through its real command on generated data (< 8 minutes): one table, exit status
+	$(PY) -m bench.gpu_check --out $(or $(OUT),runs/gpu-check)
 
 bench-gpu: setup ## all benchmarks on a CUDA machine (under 5 minutes): images/s per GPU at 224 px
 	PY=$(PY) OUT=$(or $(OUT),runs/bench-gpu) bash bench/gpu.sh $(ARGS)
