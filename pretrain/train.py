@@ -105,13 +105,25 @@ def parse_args(argv=None):
     return args
 
 
-def resolve_amp(choice, device):
-    """The autocast dtype for ``--amp`` on ``device``, or None for full precision."""
-    if choice == "off" or (choice == "auto" and device.type != "cuda"):
+def amp_dtype_for(choice, capability):
+    """The autocast dtype for ``--amp`` on a CUDA device of compute ``capability`` ((major, minor); None on CPU),
+    or None for full precision.
+
+    auto: bf16 from Ampere (8.0) on, fp16 before. Earlier GPUs only emulate bf16, and their convolutions then
+    run far slower; ``torch.cuda.is_bf16_supported()`` counts the emulation, while this is the rule of
+    ``is_bf16_supported(including_emulation=False)``, as a function of the capability so it can be checked
+    without a GPU.
+    """
+    if choice == "off" or (choice == "auto" and capability is None):
         return None
     if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if capability >= (8, 0) else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def resolve_amp(choice, device):
+    """The autocast dtype for ``--amp`` on ``device``, or None for full precision."""
+    return amp_dtype_for(choice, torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
 
 
 def build_model(args, dist_info):
