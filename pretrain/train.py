@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from bt_transfer.core.errors import command
 from bt_transfer.core.fileio import write_json
 from bt_transfer.core.provenance import PAPER_PRETRAINING as PAPER
 from bt_transfer.core.progress import MetricsLog, Progress, peak_memory_gb
@@ -44,6 +45,7 @@ from pretrain.checkpoint import (
 )
 from pretrain.data import ResumableSampler, TwoViewDataset, make_loader
 from pretrain.distributed import cleanup, init_distributed
+from pretrain.gpu_batch import check_pretraining_batch
 from pretrain.lars import LARS, base_learning_rate, learning_rate, param_groups, set_learning_rate
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -202,6 +204,9 @@ def check_same_step_everywhere(step, dist_info):
 def train(args, dist_info, argv=()):
     """Train (or resume) to the end of the schedule or --max-steps; return the number of steps done."""
     device = dist_info.device
+    amp_dtype = resolve_amp(args.amp, device)
+    # Before anything is read, built or written: a batch that cannot split or fit fails at once, saying what to set.
+    check_pretraining_batch(args.batch_size, dist_info.world_size, args.image_size, args.projector, amp_dtype, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
@@ -215,7 +220,6 @@ def train(args, dist_info, argv=()):
 
     model = build_model(args, dist_info)
     optimizer = LARS(param_groups(model, args.weight_decay))
-    amp_dtype = resolve_amp(args.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     checkpoint_path = args.out / CHECKPOINT_FILE
     schedule = dict(steps_per_epoch=steps_per_epoch, global_batch=args.batch_size, projector=args.projector)
@@ -273,6 +277,7 @@ def train(args, dist_info, argv=()):
     return step
 
 
+@command
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
