@@ -10,6 +10,11 @@ anything else is allowed but recorded in ``result.json`` as a deviation. The run
 ``OUT/checkpoint.pth`` and writes ``args.json``, ``metrics.jsonl`` (one line per epoch), and at the end
 ``result.json``. Validation is sharded over the processes and the counts summed, so top-1 / top-5 are
 exact whatever the number of processes.
+
+Semi-supervised fine-tuning normalises over the global batch whatever the number of GPUs (SyncBatchNorm
+across processes on CUDA), as one process does. The official evaluate.py used plain BatchNorm per GPU, i.e.
+over 256 / GPUs images (32 on its 8 GPUs). SyncBatchNorm needs CUDA: a multi-process CPU run (the tests)
+normalises per process and records that as a deviation.
 """
 import argparse
 import hashlib
@@ -31,8 +36,9 @@ from bt_transfer.core.records import make_record, write_result
 from pretrain import eval_protocol, subsets
 from pretrain.checkpoint import CheckpointError, load_state, save_atomically
 from pretrain.classifier import FC_KEYS, build_optimizer, evaluate, make_loaders, train_one_epoch
-from pretrain.distributed import cleanup, init_distributed
+from pretrain.distributed import cleanup, init_distributed, require_same_everywhere
 from pretrain.eval_data import image_folders
+from pretrain.gpu_batch import split_batch
 # A checkpoint may only be resumed by a run that would compute the same thing.
 RESUME_KEYS = ("mode", "percent", "epochs", "batch_size", "lr_classifier", "lr_backbone", "weight_decay",
                "schedule", "image_size", "val_resize", "seed", "subset_seed", "weights_sha256", "subset_sha256")
@@ -151,14 +157,40 @@ def prepare(config, info):
     return config, model, trunk, train_set, val_set, facts, subset
 
 
-def resume(path, config, model, optimizer):
-    """(first epoch to train, best and last accuracies) after restoring ``path`` if it exists."""
-    if not path.is_file():
-        return 0, dict(top1=0.0, top5=0.0), None
-    checkpoint = load_checkpoint(path, config)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    return checkpoint["epoch"], checkpoint["best"], checkpoint["last"]
+def resume(path, config, model, optimizer, info):
+    """(first epoch to train, best and last accuracies) after restoring ``path`` if it exists. Rank 0's
+    epoch is the run's: a process that resumed another one stops them all (else they would train different
+    epochs and wait for each other forever)."""
+    epoch, best, last = 0, dict(top1=0.0, top5=0.0), None
+    if path.is_file():
+        checkpoint = load_checkpoint(path, config)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        epoch, best, last = checkpoint["epoch"], checkpoint["best"], checkpoint["last"]
+    require_same_everywhere(epoch, info, f"the epoch resumed from {path}",
+                            "--out must be a folder every process sees (shared storage), so that all resume from "
+                            "the same checkpoint.pth")
+    return epoch, best, last
+
+
+def trainable(model, linear, info):
+    """The model as the run trains it: linear evaluation freezes all but the classifier; fine-tuning on several
+    GPUs normalises over the global batch (SyncBatchNorm, same parameter and buffer names)."""
+    if linear:
+        model.requires_grad_(False)
+        model.fc.requires_grad_(True)
+    elif info.distributed and info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def batch_norm_deviations(config, info):
+    """How a semi-supervised run's batch statistics depart from the global batch, in words (empty if they do not)."""
+    if config["mode"] != "semisup" or not info.distributed or info.device.type == "cuda":
+        return []
+    return [f"batch norm over {config['batch_size'] // info.world_size} images per process ({info.world_size} "
+            f"processes on {info.device.type}, where SyncBatchNorm is unavailable) instead of the global batch of "
+            f"{config['batch_size']}"]
 
 
 def run(config):
@@ -166,18 +198,14 @@ def run(config):
     out, device = Path(config["out"]), info.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if config["batch_size"] % info.world_size:
-        raise ValueError(f"--batch-size {config['batch_size']} is not divisible by the {info.world_size} processes")
+    split_batch(config["batch_size"], info.world_size, "ARGS='--batch-size {}'")
     task = eval_protocol.task_name(config["mode"], config["percent"])
     linear = config["mode"] == "linear"
     config, model, trunk, train_set, val_set, facts, subset = prepare(config, info)
-    if linear:
-        model.requires_grad_(False)
-        model.fc.requires_grad_(True)
-    model.to(device)
+    model = trainable(model, linear, info).to(device)
     optimizer = build_optimizer(model, config)
     checkpoint_path = out / "checkpoint.pth"
-    start_epoch, best, last = resume(checkpoint_path, config, model, optimizer)
+    start_epoch, best, last = resume(checkpoint_path, config, model, optimizer, info)
     trained = model
     if info.distributed:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -200,7 +228,7 @@ def run(config):
         trained.train(not linear)
         loss, images_per_s, step = train_one_epoch(trained, train_loader, optimizer, device, progress, step,
                                                    config["batch_size"])
-        top1, top5 = evaluate(trained, val_loader, device, len(val_set.classes))
+        top1, top5 = evaluate(model, val_loader, device, len(val_set.classes))
         last = dict(top1=top1, top5=top5)
         best = dict(top1=max(best["top1"], top1), top5=max(best["top5"], top5))
         if linear:
@@ -220,11 +248,12 @@ def run(config):
     if not info.is_main:
         return None
     metrics.close()
-    return write_record(config, task, last, best, facts, subset)
+    return write_record(config, task, last, best, facts, subset, batch_norm_deviations(config, info))
 
 
-def write_record(config, task, last, best, facts, subset):
-    """``OUT/result.json`` of a finished run: the last epoch's accuracies (and the best ones), every deviation."""
+def write_record(config, task, last, best, facts, subset, run_deviations):
+    """``OUT/result.json`` of a finished run: the last epoch's accuracies (and the best ones), every deviation
+    (``run_deviations``: those that come from how the run was launched)."""
     record = make_record(
         task=task,
         metrics=dict(top1=last["top1"], top5=last["top5"], top1_best=best["top1"], top5_best=best["top5"]),
@@ -233,7 +262,7 @@ def write_record(config, task, last, best, facts, subset):
                      format=config["weights_format"]),
         config={k: _jsonable(v) for k, v in config.items()},
         world_size=config["world_size"],
-        deviations=[*eval_protocol.deviations(config, facts, subset),
+        deviations=[*eval_protocol.deviations(config, facts, subset), *run_deviations,
                     *pretraining_deviations(read_pretraining_args(config["weights"]))],
         extra=dict(facts, epochs=config["epochs"], **({"subset": subset} if subset else {})),
     )

@@ -20,9 +20,9 @@ def write_jpeg(path, seed=0, size=(40, 30)):
     return path
 
 
-def test_missing_data_folder_is_named(tmp_path):
+def test_missing_data_folder_is_named_in_one_line(tmp_path):
     missing = tmp_path / "imagenet" / "train"
-    with pytest.raises(DataError, match=f"{missing}: data folder not found"):
+    with pytest.raises(SystemExit, match=f"^error: {missing}: data folder not found"):
         main(["--data", str(missing), "--out", str(tmp_path / "run"), "--workers", "0"])
 
 
