@@ -143,7 +143,7 @@ def stages(out, gpus, python):
                         "--out", str(pretrain), "--batch-size", str(batch), "--epochs", "100", "--max-steps", "12",
                         "--checkpoint-every", "4", "--log-every", "1", "--image-size", "224", "--workers", "6",
                         "--amp", "auto", "--channels-last", "--knn-every", "0"]
-    detection = [f"--num-gpus", str(gpus), "--datasets-root", str(data), "--seeds", "1",
+    detection = ["--num-gpus", str(gpus), "--datasets-root", str(data), "--seeds", "1",
                  "--opts", "SOLVER.MAX_ITER", "8", "SOLVER.WARMUP_ITERS", "2", "TEST.PRECISE_BN.NUM_ITER", "2",
                  "SOLVER.CHECKPOINT_PERIOD", "8"]
     evaluation = ["--weights", str(weights), "--data", str(data / "imagenet"), "--epochs", "1",

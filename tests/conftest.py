@@ -8,3 +8,22 @@ def generated_data(tmp_path_factory):
     from bt_transfer.datasets.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("generated") / "datasets")
+
+
+@pytest.fixture(scope="session")
+def resnet50():
+    """torchvision ResNet-50 in eval mode, random weights, BatchNorm statistics and affine far from identity (so a
+    conversion that mixes up BN tensors changes the outputs)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.weight.data = torch.rand(n) + 0.5
+            module.bias.data = torch.randn(n) * 0.5
+            module.running_mean = torch.randn(n) * 0.5
+            module.running_var = torch.rand(n) * 1.5 + 0.5
+    return model.eval()

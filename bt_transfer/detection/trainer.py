@@ -11,7 +11,6 @@ stays in this process: Detectron2's ``launch`` hard-codes NCCL.
 import logging
 import os
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
