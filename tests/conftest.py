@@ -8,3 +8,11 @@ def generated_data(tmp_path_factory):
     from bt_transfer.datasets.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("generated") / "datasets")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dataset_check_cache(tmp_path_factory):
+    """The dataset checks record what passed in $BT_TRANSFER_CACHE: a folder of the session, not the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BT_TRANSFER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
