@@ -367,3 +367,117 @@ def test_compressed_rle_counts_decode_as_pycocotools_encodes_them():
     assert rle_counts(mask_util.encode(mask)["counts"].decode()) == column_runs(mask)
     assert rle_counts("0\x7f") is None and rle_counts("1P") is None  # outside the alphabet; cut short
 
+
+# During the run: an image that still fails to decode stops it with the file's path.
+
+def smoke_cfg(*opts):
+    from bt_transfer.detection import protocol
+
+    return protocol.resolve_config(protocol.CONFIGS["voc"], [*protocol.SMOKE_OPTS, "MODEL.DEVICE", "cpu", *opts],
+                                   world_size=1).cfg
+
+
+def cut_images(root, year, split):
+    paths = [root / f"VOC{year}" / "JPEGImages" / f"{image_id}.jpg" for image_id in voc_ids(root, split, year)]
+    for path in paths:
+        path.write_bytes(path.read_bytes()[:300])
+    return paths
+
+
+def test_the_trainers_train_loader_names_an_image_that_fails_to_decode(root):
+    from bt_transfer.detection.mapper import ImageReadError
+    from bt_transfer.detection.trainer import Trainer
+
+    use_datasets_root(root)
+    damaged = cut_images(root, 2007, "trainval") + cut_images(root, 2012, "trainval")
+    with pytest.raises(ImageReadError) as error:
+        next(iter(Trainer.build_train_loader(smoke_cfg())))
+    path, rest = str(error.value).split(" ", 1)
+    assert path in map(str, damaged)
+    assert rest.startswith(f"(image {os.path.basename(path)[:-4]}): cannot read this image during the run (OSError: ")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_trainers_test_loader_names_an_image_that_fails_to_decode(root, workers):
+    """From a DataLoader worker too, the error is one line that starts with the path."""
+    from bt_transfer.detection.mapper import ImageReadError
+    from bt_transfer.detection.trainer import Trainer
+
+    use_datasets_root(root)
+    first = root / "VOC2007" / "JPEGImages" / f"{voc_ids(root, 'test')[0]}.jpg"
+    first.write_text("not an image")
+    loader = Trainer.build_test_loader(smoke_cfg("DATALOADER.NUM_WORKERS", str(workers)), "voc_2007_test")
+    with pytest.raises(ImageReadError) as error:
+        next(iter(loader))
+    assert str(error.value).startswith(f"{first} (image {first.stem}): cannot read this image during the run "
+                                       "(UnidentifiedImageError: cannot identify image file")
+    assert "\n" not in str(error.value)
+
+
+def test_a_data_error_is_not_hidden_by_the_precise_bn_hooks_left_behind():
+    """fvcore's update_bn_stats leaves its hooks on when its loader fails; the evaluation Detectron2 runs
+    after a failed last step then fails on them with an AssertionError that hides the data error."""
+    import torch
+    from fvcore.nn.precise_bn import update_bn_stats
+
+    from bt_transfer.detection.mapper import ImageReadError, data_error_first
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    batch = torch.ones(1, 3, 8, 8)
+
+    def loader():
+        yield batch
+        raise ImageReadError("/data/x.jpg (image x): cannot read this image during the run")
+
+    def train_then_evaluate():
+        try:
+            update_bn_stats(model, loader(), num_iters=2)
+        finally:
+            model(batch)
+
+    with pytest.raises(AssertionError, match="Some BN layers are reused"):
+        train_then_evaluate()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with pytest.raises(ImageReadError, match="^/data/x.jpg "):
+        with data_error_first():
+            train_then_evaluate()
+
+
+def test_an_image_damaged_during_training_stops_the_run_naming_it_not_precise_bn(root, tmp_path, monkeypatch):
+    """The issue's case: training images damaged after the last step are met first by PreciseBN."""
+    import torch
+    import torchvision
+    from detectron2.engine import HookBase, hooks
+
+    from bt_transfer.convert.detectron2 import convert_file
+    from bt_transfer.detection import protocol, trainer as train_net
+    from bt_transfer.detection.mapper import ImageReadError
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "resnet50.pth")
+    weights = convert_file(tmp_path / "resnet50.pth", tmp_path / "backbone.pkl")["output"]
+    for year, split, keep in ((2007, "trainval", 2), (2012, "trainval", 2), (2007, "test", 2)):
+        split_list = root / f"VOC{year}" / "ImageSets" / "Main" / f"{split}.txt"
+        split_list.write_text("\n".join(voc_ids(root, split, year)[:keep]) + "\n")
+
+    class DamageTrainingImages(HookBase):
+        def after_step(self):
+            self.damaged = cut_images(root, 2007, "trainval") + cut_images(root, 2012, "trainval")
+
+    damage = DamageTrainingImages()
+
+    class Trainer(train_net.Trainer):
+        def build_hooks(self):
+            built = super().build_hooks()
+            built.insert(next(i for i, h in enumerate(built) if isinstance(h, hooks.PreciseBN)), damage)
+            return built
+
+    monkeypatch.setattr(train_net, "Trainer", Trainer)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
+    args = train_net.argument_parser().parse_args([
+        "--config-file", str(protocol.CONFIGS["voc"]), "--num-gpus", "0", *protocol.SMOKE_OPTS,
+        "SOLVER.MAX_ITER", "1", "TEST.PRECISE_BN.NUM_ITER", "1", "MODEL.WEIGHTS", weights,
+        "OUTPUT_DIR", str(tmp_path / "run")])
+    with pytest.raises(ImageReadError) as error:
+        train_net.main(args)
+    assert str(error.value).split(" ", 1)[0] in map(str, damage.damaged)
