@@ -27,3 +27,11 @@ def resnet50():
             module.running_mean = torch.randn(n) * 0.5
             module.running_var = torch.rand(n) * 1.5 + 0.5
     return model.eval()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dataset_check_cache(tmp_path_factory):
+    """The dataset checks record what passed in $BT_TRANSFER_CACHE: a folder of the session, not the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BT_TRANSFER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield

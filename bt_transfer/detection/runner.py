@@ -27,7 +27,8 @@ from bt_transfer.core.fileio import atomic_write, sha256_file, sha256_json
 from bt_transfer.core.progress import read_metrics
 from bt_transfer.core.provenance import pretraining_deviations, read_pretraining_args
 from bt_transfer.core.records import METRIC_KEYS, RESULT_FILE, ResultError, load_result, make_record, write_result
-from bt_transfer.datasets.layout import check_datasets, check_size_ranges, dataset_deviations, use_datasets_root
+from bt_transfer.datasets.checks import check_contents
+from bt_transfer.datasets.layout import check_size_ranges, dataset_deviations, use_datasets_root
 from bt_transfer.detection.protocol import CONFIGS, config_dict, processes, resolve_task
 
 
@@ -175,7 +176,7 @@ def run(args):
     except (AssertionError, KeyError, ValueError) as e:  # yacs: unknown key, wrong type; the scaling rule
         raise TransferError(f"config {CONFIGS[args.task].name} with these options: {e}") from None
     names = list(dict.fromkeys(resolved.cfg.DATASETS.TRAIN + resolved.cfg.DATASETS.TEST))
-    check_datasets(names)
+    check_contents(names, evaluated=resolved.cfg.DATASETS.TEST)  # both splits: every annotation and image
     check_size_ranges(resolved.cfg.DATASETS.TEST)
     weights_pkl, fmt = prepare_weights(args.weights, args.out, args.fmt)
     weights = {"path": str(args.weights), "sha256": sha256_file(args.weights), "label": args.label or args.weights.name,

@@ -13,7 +13,7 @@ import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
@@ -23,6 +23,7 @@ import bt_transfer.detection.roi_heads  # noqa: F401  (registers Res5ROIHeadsExt
 from bt_transfer.core.errors import command
 from bt_transfer.core.progress import Progress, peak_memory_gb
 from bt_transfer.datasets.layout import use_datasets_root
+from bt_transfer.detection.mapper import NamingDatasetMapper, data_error_first
 from bt_transfer.detection.protocol import processes, resolve_config
 from bt_transfer.detection.weights import load_backbone_weights
 
@@ -64,6 +65,15 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name):
         return build_evaluator(cfg, dataset_name)
+
+    # Every loader (training, PreciseBN, evaluation) names an image it cannot read.
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=NamingDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=NamingDatasetMapper(cfg, is_train=False))
 
     def build_hooks(self):
         hooks = super().build_hooks()
@@ -140,7 +150,8 @@ def main(args):
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    with data_error_first():  # not the error of a hook that ran after it
+        return trainer.train()
 
 
 @command
