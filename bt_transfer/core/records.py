@@ -9,9 +9,9 @@ Record fields (``SCHEMA_VERSION`` 1):
   metrics       flat {name: finite number}; names per task in METRIC_KEYS (extra names are kept); linear and
                 semi-supervised runs (BEST_TASKS) add <name>_best, the best epoch's (absent in older records)
   seed          int
-  weights       {"path": str, "sha256": 64 hex digits, "label": non-blank str, "format": str (optional: the
+  weights       {"path": str, "sha256": 64 hex digits, "label": str, "format": str (optional: the
                 checkpoint layout it was read as; absent in older records)}  (label: how the report names it)
-  protocol      {"full": bool, "deviations": [non-blank str, ...]}  (full is True only when deviations is empty)
+  protocol      {"full": bool, "deviations": [str, ...]}  (full is True only when deviations is empty)
   config        object, the resolved config / arguments of the run; for the tasks in PROTOCOL_VARIANTS the
                 keys named there, when present, are strings
   config_sha256 sha256 of ``config`` (see fileio.sha256_json), 64 hex digits
@@ -157,8 +157,7 @@ def validate(record, source):
             fail(f"key 'weights' lacks '{key}'")
     expect(isinstance(weights["path"], str), "weights.path", "a string", weights["path"])
     expect(_is_sha256(weights["sha256"]), "weights.sha256", "64 lowercase hex digits", weights["sha256"])
-    expect(isinstance(weights["label"], str) and weights["label"].strip(), "weights.label", "a non-blank string",
-           weights["label"])
+    expect(isinstance(weights["label"], str), "weights.label", "a string", weights["label"])
     if "format" in weights:
         expect(isinstance(weights["format"], str) and weights["format"], "weights.format", "a non-empty string",
                weights["format"])
@@ -168,8 +167,7 @@ def validate(record, source):
     deviations = protocol["deviations"]
     expect(isinstance(deviations, list), "protocol.deviations", "a list of strings", deviations)
     for index, deviation in enumerate(deviations):
-        expect(isinstance(deviation, str) and deviation.strip(), f"protocol.deviations[{index}]",
-               "a non-blank string", deviation)
+        expect(isinstance(deviation, str), f"protocol.deviations[{index}]", "a string", deviation)
     expect(isinstance(protocol["full"], bool), "protocol.full", "true or false", protocol["full"])
     if protocol["full"] != (not deviations):
         fail("key 'protocol.full' must be true exactly when 'protocol.deviations' is empty")
