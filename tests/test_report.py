@@ -434,12 +434,22 @@ def test_a_failure_halfway_leaves_the_previous_set_whole(tmp_path, monkeypatch):
 
 
 def test_an_output_folder_holding_other_files_is_refused(tmp_path):
-    out = tmp_path / "notes"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
-    with pytest.raises(ReportError, match="holds files but no README.md written by this report"):
-        build_report([], out)
-    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    """The output folder is replaced as a whole: one holding anything else than an earlier report is refused."""
+    notes, report, lookalike = tmp_path / "notes", tmp_path / "report", tmp_path / "lookalike"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    with pytest.raises(ReportError, match="notes holds mine.txt, not written by this report"):
+        build_report([], notes)
+    build_report([], report)
+    (report / "runs").mkdir()                                   # an earlier report, and something of the user's
+    with pytest.raises(ReportError, match="report holds runs, not written by this report"):
+        build_report([], report)
+    lookalike.mkdir()
+    (lookalike / "table1_linear.md").write_text("my own table")
+    with pytest.raises(ReportError, match="lookalike has no README.md written by this report"):
+        build_report([], lookalike)
+    assert (notes / "mine.txt").read_text() == "keep me" and (report / "runs").is_dir()
+    assert (lookalike / "table1_linear.md").read_text() == "my own table"
 
 
 # ---------------------------------------------------------------- protocol variants, last or best epoch
