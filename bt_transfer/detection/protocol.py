@@ -24,7 +24,7 @@ SMOKE_OPTS = (
     "INPUT.MAX_SIZE_TEST", "160", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
     # On CPU, inference time goes into res5 and the mask head, run on every proposal and detection.
     "MODEL.RPN.PRE_NMS_TOPK_TEST", "300", "MODEL.RPN.POST_NMS_TOPK_TEST", "20", "TEST.DETECTIONS_PER_IMAGE", "20",
-    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()",  # no LR drop in so few steps
     "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2", "TEST.PRECISE_BN.NUM_ITER", "2", "DATALOADER.NUM_WORKERS", "0",
 )
 
@@ -129,3 +129,8 @@ def resolve_task(task, world_size, *, smoke=False, opts=(), rescale=True, cpu=Fa
 def config_dict(cfg):
     """The resolved config as plain JSON-able data (what Detectron2 writes to config.yaml)."""
     return yaml.safe_load(cfg.dump())
+
+
+def flat_config(cfg):
+    """The resolved config as ``{"SOLVER.BASE_LR": 0.02, ...}``: JSON-able values under dotted keys."""
+    return _flatten(config_dict(cfg))

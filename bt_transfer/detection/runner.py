@@ -2,19 +2,30 @@
 
     python -m bt_transfer.transfer voc --weights resnet50.pth --seeds 1 2 3 4 5 --num-gpus 8 --out runs/transfer-voc
 
-Before any training the datasets are checked and the weights converted strictly. Then each seed trains
-in its own ``python -m bt_transfer.train_net`` process into ``OUT/seed<S>/`` and ends with ``result.json``:
-metrics, seed, weights, the resolved config and its hash, and every departure from the paper's protocol in
-words. A finished seed is skipped, an interrupted one resumes from its last checkpoint: rerun the same command
-after a crash.
+Before anything is written the options, datasets and weights are checked and the weights converted strictly.
+Then the run claims OUT: a lock held while it runs, and ``run.json``, what makes its seeds comparable (task,
+weights, resolved config; not the seeds). A second run into a busy OUT, or into one holding another run, stops
+at once saying which. The converted weights go into OUT under a name made of their content
+(``backbone-<sha256[:12]>.pkl``). Each seed trains in its own ``python -m bt_transfer.train_net`` process
+(which dies with this one) into ``OUT/seed<S>/`` and ends with ``result.json``: metrics, seed, weights, the
+resolved config and its hash, and every departure from the paper's protocol in words. A finished seed is
+skipped, an interrupted one resumes exactly where its last checkpoint left it: rerun the same command after a
+crash, or with more seeds. On several machines, machine 0 decides each seed and the others verify.
 
 Supervised baseline (the paper's "Sup." row): pass torchvision's ImageNet ResNet-50 state dict
 (``resnet50-*.pth``, downloaded by you beforehand; nothing is fetched here) with ``--label Sup.``.
 """
 import argparse
+import contextlib
+import ctypes
+import functools
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -27,9 +38,12 @@ from bt_transfer.core.fileio import atomic_write, sha256_file, sha256_json
 from bt_transfer.core.progress import read_metrics
 from bt_transfer.core.provenance import pretraining_deviations, read_pretraining_args
 from bt_transfer.core.records import METRIC_KEYS, RESULT_FILE, ResultError, load_result, make_record, write_result
+from bt_transfer.core.rundir import RunFolderError, claim
 from bt_transfer.datasets.checks import check_contents
 from bt_transfer.datasets.layout import check_size_ranges, dataset_deviations, use_datasets_root
-from bt_transfer.detection.protocol import CONFIGS, config_dict, processes, resolve_task
+from bt_transfer.detection.machines import MACHINES_DIR, machines_for
+from bt_transfer.detection.protocol import CONFIGS, config_dict, flat_config, processes, resolve_task
+from bt_transfer.detection.solver import check_solver
 
 
 class TransferError(UserError, RuntimeError):
@@ -61,18 +75,80 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def prepare_weights(weights, out, fmt="auto"):
-    """(the converted weights to train from: ``out/backbone.pkl`` or a given ``.pkl``, the checkpoint's layout)."""
+def check_numbers(args):
+    """Refuse command-line numbers no run can use, naming the option."""
+    problems = [f"{option} {value}: expected {what}" for option, value, ok, what in (
+        ("--num-gpus", args.num_gpus, args.num_gpus >= 0, "0 (CPU) or more"),
+        ("--num-machines", args.num_machines, args.num_machines >= 1, "1 or more"),
+        ("--machine-rank", args.machine_rank, 0 <= args.machine_rank < max(args.num_machines, 1),
+         f"0 to --num-machines - 1 ({args.num_machines - 1})"),
+    ) if not ok]
+    negative = [seed for seed in args.seeds if seed < 0]
+    if negative:  # Detectron2 would draw a fresh random seed: the run could not be repeated
+        problems.append(f"--seeds {' '.join(map(str, negative))}: expected seeds of 0 or more")
+    if len(set(args.seeds)) != len(args.seeds):
+        problems.append(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice")
+    if problems:
+        raise TransferError("; ".join(problems))
+
+
+def converted_weights(weights, scratch, fmt="auto"):
+    """(the Detectron2 weights to train from, made before OUT is touched: a given ``.pkl`` as it is, anything
+    else converted strictly into the folder ``scratch``; the checkpoint's layout)."""
     if not weights.is_file():
         raise TransferError(f"weights {weights}: no such file")
     if weights.suffix == ".pkl":
-        return weights.resolve(), "detectron2"
+        return weights, "detectron2"
     try:
-        summary = convert_file(weights, out / "backbone.pkl", fmt)
+        summary = convert_file(weights, scratch / "backbone.pkl", fmt)
     except ConversionError as e:
         raise TransferError(f"weights rejected by the converter: {e}") from None
-    print(f"converted {weights} ({summary['format']}): {summary['tensors_converted']} tensors -> {summary['output']}")
-    return Path(summary["output"]).resolve(), summary["format"]
+    print(f"converted {weights} ({summary['format']}): {summary['tensors_converted']} tensors")
+    return scratch / "backbone.pkl", summary["format"]
+
+
+def content_name(weights_pkl):
+    """The file name converted weights have in OUT: made of their content, so no run replaces another's."""
+    return f"backbone-{sha256_file(weights_pkl)[:12]}.pkl"
+
+
+def place_weights(weights_pkl, out):
+    """Copy ``weights_pkl`` into ``out`` under its ``content_name`` (atomically; kept if already there) and
+    check that the file there holds what its name says."""
+    target = out / content_name(weights_pkl)
+    if not target.is_file():
+        with open(weights_pkl, "rb") as source, atomic_write(target, "wb") as copy:
+            shutil.copyfileobj(source, copy)
+    if content_name(target) != target.name:
+        raise TransferError(f"{target}: its content does not match its name (changed while copied, or edited); "
+                            "delete it and rerun")
+    return target
+
+
+# Where each seed writes, what it starts from and its seed: not what makes two runs comparable.
+PER_SEED_KEYS = ("OUTPUT_DIR", "SEED", "MODEL.WEIGHTS")
+
+
+def run_identity(task, weights_sha, resolved):
+    """What makes the seeds of a run comparable, as ``run.json`` records it: the task, the weights' content,
+    the process count and the resolved config without its per-seed keys. More seeds continue the same run."""
+    config = {key: value for key, value in flat_config(resolved.cfg).items() if key not in PER_SEED_KEYS}
+    return {"task": task, "weights_sha256": weights_sha, "world_size": resolved.world_size, **config}
+
+
+@contextlib.contextmanager
+def holding_out(args, identity):
+    """Machine 0 claims OUT for this run (``bt_transfer.core.rundir.claim``); the other machines hold nothing
+    (they check machine 0's decisions instead)."""
+    if args.machine_rank != 0:
+        yield
+        return
+    try:
+        with claim(args.out, f"transfer-{args.task}", identity, may_exist=(MACHINES_DIR,)):
+            yield
+    except RunFolderError as e:
+        own = f"runs/transfer-{args.task}-{args.weights.stem}"
+        raise TransferError(f"{e} (with make: OUT={own}, or --out {own})") from None
 
 
 def finished_record(result_path, config, weights_sha):
@@ -133,38 +209,92 @@ def train_net_command(args, config_file, resume):
             "--machine-rank", str(args.machine_rank), "--dist-url", args.dist_url, *["--resume"] * resume]
 
 
-def run_seed(args, seed, resolved, weights_pkl, weights, deviations, datasets_root):
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PRCTL = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform.startswith("linux") else None
+
+
+def _die_with(parent):
+    """In the child, between fork and exec: the kernel kills it when ``parent`` dies, even by ``kill -9``."""
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def dying_with_this_process():
+    """``preexec_fn`` that ties a child's life to this process (Linux; elsewhere None: the child may outlive it)."""
+    return functools.partial(_die_with, os.getpid()) if _PRCTL is not None else None
+
+
+def seed_view(folder, config, weights_sha, identity, weights_pkl):
+    """What this machine sees of one seed: the run, the converted weights, and what to do (skip when finished,
+    resume from the checkpoint named in ``last_checkpoint``, else train); raises TransferError when the folder
+    holds another run's seed."""
+    finished = finished_record(folder / RESULT_FILE, config, weights_sha) is not None
+    if not finished:
+        check_resumable(folder, config)
+    last = folder / "last_checkpoint"
+    checkpoint = last.read_text().strip() if not finished and last.is_file() else None
+    return {**identity, "converted weights": weights_pkl.name if weights_pkl.is_file() else "missing",
+            "action": "skip" if finished else "resume" if checkpoint else "train", "checkpoint": checkpoint}
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every seed of a run shares, once checked."""
+
+    args: argparse.Namespace
+    resolved: object  # protocol.ResolvedConfig
+    weights: dict  # path, sha256 and label of the given weights, as records hold them
+    weights_pkl: Path  # the converted weights in OUT
+    identity: dict  # run_identity
+    deviations: list
+    datasets_root: Path
+    machines: object  # machines.Alone, Lead or Follower
+    scratch: Path  # this machine's own temporary folder
+
+
+def run_seed(run, seed):
+    args, resolved, weights, weights_pkl = run.args, run.resolved, run.weights, run.weights_pkl
     folder = args.out / f"seed{seed}"
     cfg = seed_config(resolved, seed, folder, weights_pkl)
     config = config_dict(cfg)
-    if finished_record(folder / RESULT_FILE, config, weights["sha256"]) is not None:
+    try:
+        view = seed_view(folder, config, weights["sha256"], run.identity, weights_pkl)
+    except TransferError as e:
+        view = {"error": str(e)}
+    action = run.machines.agree(seed, view)["action"]  # raises on every machine unless they all see the same
+    if action == "skip":
         print(f"seed {seed}: finished already ({folder / RESULT_FILE}), skipped")
         return
-    check_resumable(folder, config)
-    resume = (folder / "last_checkpoint").is_file()
+    resume = action == "resume"
     print(f"seed {seed}: {'resuming' if resume else 'training'} in {folder}", flush=True)
-    # What the child runs is exactly what was resolved here (and what Detectron2 then writes back unchanged).
-    with atomic_write(folder / "config.yaml") as f:
+    # What the child runs is exactly what was resolved here (and what Detectron2 then writes back unchanged);
+    # on other machines than 0 into a file of their own, outside OUT.
+    config_file = folder / "config.yaml" if args.machine_rank == 0 else run.scratch / f"seed{seed}.yaml"
+    with atomic_write(config_file) as f:
         f.write(cfg.dump())
-    env = {**os.environ, "DETECTRON2_DATASETS": str(datasets_root)}
-    if subprocess.run(train_net_command(args, folder / "config.yaml", resume), env=env).returncode != 0:
+    env = {**os.environ, "DETECTRON2_DATASETS": str(run.datasets_root)}
+    child = subprocess.run(train_net_command(args, config_file, resume), env=env,
+                           preexec_fn=dying_with_this_process())
+    if child.returncode != 0:
         raise TransferError(f"seed {seed} failed: see {folder / 'log.txt'}; rerun the same command to resume it")
     if args.machine_rank != 0:
         return
     record = make_record(
         args.task, final_metrics(folder, args.task), seed, weights, config, resolved.world_size,
-        deviations=deviations,
-        extra={"datasets_root": str(datasets_root), "resumed": resume, "converted_weights": str(weights_pkl)},
+        deviations=run.deviations,
+        extra={"datasets_root": str(run.datasets_root), "resumed": resume, "converted_weights": str(weights_pkl)},
     )
     print(f"seed {seed}: {write_result(folder, record)}")
 
 
 def run(args):
-    """Check the datasets, convert the weights, then train and record each seed.
+    """Check the options, datasets and weights, claim OUT, then train and record each seed.
 
-    Raises TransferError (or a DatasetError) before any training on a missing dataset, missing weights or
-    weights the converter rejects.
+    Raises TransferError (or a DatasetError) before anything is written on a bad option or config value, a
+    missing dataset, missing weights, weights the converter rejects, or an OUT that is busy or holds another run.
     """
+    check_numbers(args)
     if args.num_machines > 1 and args.dist_url == "auto":
         raise TransferError("--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0, "
                             "the same on every machine")
@@ -175,16 +305,25 @@ def run(args):
                                 cpu=cpu)
     except (AssertionError, KeyError, ValueError) as e:  # yacs: unknown key, wrong type; the scaling rule
         raise TransferError(f"config {CONFIGS[args.task].name} with these options: {e}") from None
+    check_solver(resolved.cfg)
     names = list(dict.fromkeys(resolved.cfg.DATASETS.TRAIN + resolved.cfg.DATASETS.TEST))
     check_contents(names, evaluated=resolved.cfg.DATASETS.TEST)  # both splits: every annotation and image
     check_size_ranges(resolved.cfg.DATASETS.TEST)
-    weights_pkl, fmt = prepare_weights(args.weights, args.out, args.fmt)
-    weights = {"path": str(args.weights), "sha256": sha256_file(args.weights), "label": args.label or args.weights.name,
-               "format": fmt}
-    deviations = [*resolved.deviations, *dataset_deviations(names),
-                  *pretraining_deviations(read_pretraining_args(args.weights))]
-    for seed in args.seeds:
-        run_seed(args, seed, resolved, weights_pkl, weights, deviations, root)
+    machines = machines_for(args.out, args.machine_rank, args.num_machines)
+    with tempfile.TemporaryDirectory(prefix="bt-transfer-") as scratch:
+        scratch = Path(scratch)
+        source, fmt = converted_weights(args.weights, scratch, args.fmt)
+        weights = {"path": str(args.weights), "sha256": sha256_file(args.weights),
+                   "label": args.label or args.weights.name, "format": fmt}
+        deviations = [*resolved.deviations, *dataset_deviations(names),
+                      *pretraining_deviations(read_pretraining_args(args.weights))]
+        identity = run_identity(args.task, weights["sha256"], resolved)
+        with holding_out(args, identity):
+            weights_pkl = place_weights(source, args.out) if args.machine_rank == 0 else args.out / content_name(source)
+            machines.start()
+            run = Run(args, resolved, weights, weights_pkl, identity, deviations, root, machines, scratch)
+            for seed in args.seeds:
+                run_seed(run, seed)
 
 
 @command
