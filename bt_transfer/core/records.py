@@ -9,7 +9,10 @@ Record fields (``SCHEMA_VERSION`` 1):
   metrics       flat {name: float}; names per task in METRIC_KEYS (extra names are kept)
   seed          int
   weights       {"path": str, "sha256": str, "label": str}  (label: how the report names the backbone)
-  protocol      {"full": bool, "deviations": [str, ...]}     (full is True only when deviations is empty)
+  protocol      {"full": bool, "deviations": [str, ...], "notes": [str, ...]}
+                (full is True only when deviations is empty; notes, absent when there are none (and in
+                records written before they existed), say what differs from the paper's set-up without
+                departing from its protocol, e.g. 16 images on one GPU instead of 2 on each of 8)
   config        the resolved config / arguments of the run (any JSON)
   config_sha256 sha256 of ``config`` (see fileio.sha256_json)
   code_version  git describe of this repository, or the package version outside a checkout
@@ -57,10 +60,11 @@ def code_version():
         return __version__
 
 
-def make_record(task, metrics, seed, weights, config, world_size, deviations=(), extra=None):
+def make_record(task, metrics, seed, weights, config, world_size, deviations=(), extra=None, notes=()):
     """Build and validate a record. ``weights`` is {"path", "sha256", "label"}; ``deviations`` lists
     every way this run departs from the paper's protocol, in words (empty for a full-protocol run),
-    those of the backbone's pretraining included (``bt_transfer.core.provenance``)."""
+    those of the backbone's pretraining included (``bt_transfer.core.provenance``); ``notes`` what
+    differs without departing from it."""
     deviations = list(deviations)
     record = {
         "schema": SCHEMA_VERSION,
@@ -68,7 +72,7 @@ def make_record(task, metrics, seed, weights, config, world_size, deviations=(),
         "metrics": {k: float(v) for k, v in metrics.items()},
         "seed": int(seed),
         "weights": dict(weights),
-        "protocol": {"full": not deviations, "deviations": deviations},
+        "protocol": {"full": not deviations, "deviations": deviations, **({"notes": list(notes)} if notes else {})},
         "config": config,
         "config_sha256": sha256_json(config),
         "code_version": code_version(),
@@ -118,6 +122,9 @@ def validate(record, source):
         fail("key 'protocol' must be an object with a list 'deviations'")
     if protocol.get("full") != (not protocol["deviations"]):
         fail("key 'protocol.full' must be true exactly when 'protocol.deviations' is empty")
+    notes = protocol.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(note, str) and note for note in notes):
+        fail("key 'protocol.notes' must be a list of non-empty strings")
     return record
 
 
