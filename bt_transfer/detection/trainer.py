@@ -3,17 +3,17 @@
 ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only``,
 trailing ``KEY VALUE`` overrides).
 
-A config file is resolved for the run's world size (``bt_transfer.detection.protocol``; ``--no-rescale``
-keeps the file's schedule) and its departures from the protocol are logged; ``--resolved`` takes a config
-that ``bt_transfer.transfer`` has already resolved as it is. On CPU (``--num-gpus 0`` or no CUDA) the run
-stays in this process: Detectron2's ``launch`` hard-codes NCCL.
+A config file is resolved for the run's world size (``bt_transfer.detection.protocol``; ``--schedule``
+and ``--images-per-gpu`` as for ``bt_transfer.transfer``) and its departures from the protocol are logged;
+``--resolved`` takes a config that ``bt_transfer.transfer`` has already resolved as it is. With
+``SOLVER.ACCUMULATION_STEPS`` k > 1 each step accumulates k micro-batches (``detection.accumulation``). On
+CPU (``--num-gpus 0`` or no CUDA) the run stays in this process: Detectron2's ``launch`` hard-codes NCCL.
 """
 import logging
 import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
@@ -21,10 +21,13 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import bt_transfer.detection.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
-from bt_transfer.core.errors import command
+from bt_transfer.core.errors import UserError, command
 from bt_transfer.core.progress import Progress, peak_memory_gb
 from bt_transfer.datasets.layout import use_datasets_root
-from bt_transfer.detection.protocol import processes, resolve_config
+from bt_transfer.detection.accumulation import micro_batch_config, use_accumulation
+from bt_transfer.detection.protocol import (
+    add_schedule_arguments, new_config, processes, resolve_config, schedule_choice,
+)
 from bt_transfer.detection.weights import load_backbone_weights
 
 logger = logging.getLogger("bt_transfer.train_net")
@@ -62,6 +65,14 @@ class ProgressHook(HookBase):
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        use_accumulation(self)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return super().build_train_loader(micro_batch_config(cfg))
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name):
         return build_evaluator(cfg, dataset_name)
@@ -85,10 +96,7 @@ class Trainer(DefaultTrainer):
 
 def argument_parser():
     parser = default_argument_parser()
-    parser.add_argument(
-        "--no-rescale", action="store_true",
-        help="keep the config's batch, LR and schedule on fewer than 8 GPUs (default: linear scaling rule)",
-    )
+    add_schedule_arguments(parser)
     parser.add_argument(
         "--resolved", action="store_true",
         help="the config file is a run's resolved config (written by bt_transfer.transfer): take it as it is",
@@ -106,14 +114,17 @@ def world_size_of(args):
 
 
 def resolve_args(args):
-    """``resolve_config`` for parsed command-line arguments."""
+    """``resolve_config`` for parsed command-line arguments; a config that cannot run is a UserError."""
     opts = list(args.opts) + (["MODEL.DEVICE", "cpu"] if on_cpu(args) else [])
-    return resolve_config(args.config_file, opts, world_size_of(args), rescale=not args.no_rescale)
+    try:
+        return resolve_config(args.config_file, opts, world_size_of(args), **schedule_choice(args))
+    except ValueError as e:  # the batch split, the scaling rule
+        raise UserError(f"config {args.config_file}: {e}") from None
 
 
 def setup(args):
     if args.resolved:
-        cfg = get_cfg()
+        cfg = new_config()
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(list(args.opts))
         cfg.freeze()
@@ -148,6 +159,8 @@ def main(args):
 def cli(argv=None):
     args = argument_parser().parse_args(argv)
     world_size_of(args)  # refuse a GPU count this machine cannot run before anything starts
+    if not args.resolved:
+        resolve_args(args)  # and a batch that does not split over the processes
     if on_cpu(args):
         return main(args)
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
