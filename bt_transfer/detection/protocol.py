@@ -228,9 +228,10 @@ def add_schedule_arguments(parser):
         "--images-per-gpu", type=_positive_int, metavar="N",
         help="the most images one GPU holds in a training step (default: its whole share of the batch). Fewer "
              "than its share: each GPU runs micro-batches of N and accumulates their gradients, keeping batch, "
-             "LR and schedule; BN then normalises over fewer images (recorded). R50-C4 at 800 px with 512 ROIs "
-             "per image takes about 3 GB of GPU memory per image in fp32 plus about 1 GB for the model and "
-             "optimizer (docs/PERFORMANCE.md): about N = (GB - 2) / 3, e.g. 4 on a 16 GB GPU, 8 on 32 GB")
+             "LR and schedule; BN then normalises over fewer images (recorded). Rule of thumb: R50-C4 at 800 px "
+             "with 512 ROIs per image holds about 4.5-5 GB of activations per image in fp32 (measured on CPU, "
+             "docs/PERFORMANCE.md), so N = (GPU GB - 2) / 5: 2 on 16 GB, 4 on 24-40 GB, 8 on 48-80 GB, 16 on "
+             "141 GB (N is rounded down to a divisor of 16/G)")
     parser.add_argument(
         "--no-rescale", action="store_true",
         help="the config's batch, LR and schedule as they are: the same as --schedule protocol (kept for scripts "
