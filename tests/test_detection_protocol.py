@@ -23,10 +23,12 @@ PROTOCOL_WORDS = ("batch", "LR", "MAX_ITER", "STEPS", "WARMUP", "BN", "scaling",
 
 
 def dry_run(capsys, monkeypatch, tmp_path, *argv):
-    """``python -m bt_transfer.transfer ... --dry-run`` in this process, from an empty folder: its JSON."""
+    """``python -m bt_transfer.transfer ... --dry-run`` in this process, run from ``tmp_path``: its JSON."""
     monkeypatch.chdir(tmp_path)
-    transfer.main([*argv, "--datasets-root", str(tmp_path / "no-datasets"), "--dry-run"])
-    assert list(tmp_path.iterdir()) == []  # nothing written
+    before = sorted(tmp_path.rglob("*"))
+    transfer.main([*argv, "--datasets-root", str(tmp_path / "no-datasets"), "--out", str(tmp_path / "out"),
+                   "--dry-run"])
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
     return json.loads(capsys.readouterr().out)
 
 
@@ -54,6 +56,15 @@ def test_dry_run_adds_the_dataset_deviations_when_the_datasets_are_there(capsys,
     planned = json.loads(capsys.readouterr().out)
     assert planned["datasets"] == {"root": str(generated_data), "found": True}
     assert len(planned["deviations"]) == 1 and planned["deviations"][0].startswith("not the benchmark's data")
+
+
+def test_dry_run_adds_the_pretraining_deviations_of_the_weights(capsys, monkeypatch, tmp_path):
+    pretraining = tmp_path / "pretrain"
+    pretraining.mkdir()
+    (pretraining / "args.json").write_text(json.dumps({"epochs": 2, "batch_size": 2048, "projector": "8192-8192-8192"}))
+    planned = dry_run(capsys, monkeypatch, tmp_path / "pretrain", "coco", "--num-gpus", "8",
+                      "--weights", str(pretraining / "resnet50.pth"))
+    assert planned["deviations"] == ["backbone pretrained with epochs 2 (paper: 1000)"]
 
 
 def test_dry_run_needs_neither_weights_nor_out_but_a_run_does(capsys, tmp_path):
@@ -95,6 +106,13 @@ def test_accumulation_with_bn_over_all_16_images_is_a_note():
     assert resolved.deviations == ("SOLVER.IMS_PER_BATCH: 32 (protocol: 16)",)
     assert resolved.notes == ("gradient accumulation over 2 micro-batches of 2 image(s) per GPU (batch 32, its LR "
                               "and schedule kept)",)
+
+
+def test_accumulation_without_bn_is_exact_and_a_note():
+    resolved = resolve_task("voc", 1, opts=["MODEL.RESNETS.NORM", "FrozenBN"], images_per_gpu=4)
+    assert resolved.deviations == ("MODEL.RESNETS.NORM: 'FrozenBN' (protocol: 'SyncBN')",)
+    assert resolved.notes[0] == ("gradient accumulation over 4 micro-batches of 4 image(s) per GPU (batch 16, its "
+                                 "LR and schedule kept)")
 
 
 def test_linear_scaling_stays_an_explicit_choice_recorded_as_today():

@@ -145,40 +145,38 @@ def resolve_config(config_file, opts=(), world_size=1, schedule="protocol", imag
         run_schedule = Schedule.from_solver(cfg.SOLVER)
         deviations.append(describe(protocol_schedule, rule, world_size, run_schedule))
         explained.update(kept_by_run(protocol_schedule, rule, run_schedule))
-    deviations.append(_normalisation(cfg, protocol, world_size, micro, steps, sync_bn_keys, notes))
-    notes.extend(_per_gpu_notes(cfg, micro, steps))
+    split_deviations, split_notes = _batch_split(cfg, protocol["SOLVER.IMS_PER_BATCH"], world_size, micro, steps,
+                                                 sync_bn_keys)
+    deviations.extend(split_deviations)
+    notes.extend([*split_notes, *_per_gpu_notes(cfg, micro, steps)])
     for key, value in final.items():
         if key in BOOKKEEPING_KEYS or key in explained or value == protocol.get(key, value):
             continue
         deviations.append(f"{key}: {value!r} (protocol: {protocol.get(key)!r})")
 
     cfg.freeze()
-    return ResolvedConfig(cfg, tuple(d for d in deviations if d), tuple(notes), world_size)
+    return ResolvedConfig(cfg, tuple(d for d in deviations if d), tuple(notes), world_size)  # no empty sentence
 
 
-def _normalisation(cfg, protocol, world_size, micro, steps, sync_bn_keys, notes):
-    """The sentence for BN statistics over another number of images than the protocol's, or ''.
-
-    ``notes`` gets the accumulation when it leaves BN's image count as the protocol's. Without SyncBN in the
-    config (another norm, or plain BN across processes) the norm keys are deviations and need no sentence.
-    """
-    if not sync_bn_keys:
-        return ""
-    batch, wanted = cfg.SOLVER.IMS_PER_BATCH, protocol["SOLVER.IMS_PER_BATCH"]
+def _batch_split(cfg, protocol_batch, world_size, micro, steps, sync_bn_keys):
+    """(deviations, notes) on how the batch meets the GPUs: gradient accumulation, and BN statistics over
+    another number of images than the protocol's. ``sync_bn_keys``: the norms the config has as SyncBN (plain
+    BN on one process); any other norm is a key deviation already, and its statistics need no sentence."""
     seen = micro * world_size  # SyncBN across every process, or plain BN on the only one
+    other_bn = bool(sync_bn_keys) and seen != protocol_batch
     if steps > 1:
         accumulation = (f"gradient accumulation over {steps} micro-batches of {micro} image(s) per GPU "
-                        f"(batch {batch}, its LR and schedule kept)")
-        if seen == wanted:
-            notes.append(accumulation)
-            return ""
-        return (f"{accumulation}: BN (and PreciseBN) batch statistics over {seen} images at a time instead of the "
-                f"protocol's {wanted}")
-    if seen == wanted:
-        return ""
-    how = (f"plain BN on one process ({', '.join(sync_bn_keys)})" if world_size == 1
-           else f"SyncBN across {world_size} processes x {micro} images")
-    return f"{how}: batch statistics over {seen} images instead of SyncBN over the protocol's {wanted}"
+                        f"(batch {cfg.SOLVER.IMS_PER_BATCH}, its LR and schedule kept)")
+        if other_bn:
+            return [f"{accumulation}: BN (and PreciseBN) batch statistics over {seen} images at a time instead "
+                    f"of the protocol's {protocol_batch}"], []
+        return [], [accumulation]
+    if other_bn:
+        how = (f"plain BN on one process ({', '.join(sync_bn_keys)})" if world_size == 1
+               else f"SyncBN across {world_size} processes x {micro} images")
+        return [f"{how}: batch statistics over {seen} images instead of SyncBN over the protocol's "
+                f"{protocol_batch}"], []
+    return [], []
 
 
 def _per_gpu_notes(cfg, micro, steps):

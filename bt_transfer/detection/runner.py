@@ -219,12 +219,12 @@ def run(args):
     Raises TransferError (or a DatasetError) before any training on a missing dataset, missing weights or
     weights the converter rejects.
     """
-    if args.num_machines > 1 and args.dist_url == "auto" and not args.dry_run:
-        raise TransferError("--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0, "
-                            "the same on every machine")
     if args.dry_run:
         print(json.dumps(dry_run(args), indent=2))
         return
+    if args.num_machines > 1 and args.dist_url == "auto":
+        raise TransferError("--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0, "
+                            "the same on every machine")
     root = use_datasets_root(args.datasets_root)
     resolved = resolve(args)
     names = list(dict.fromkeys(resolved.cfg.DATASETS.TRAIN + resolved.cfg.DATASETS.TEST))
