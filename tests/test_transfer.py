@@ -148,6 +148,8 @@ def test_voc_result_record(voc_run, weights):
         assert expected in deviations
     assert deviations[-1] == ("not the benchmark's data: voc_2007_trainval 60 images (real: 5011), "
                               "voc_2012_trainval 60 images (real: 11540), voc_2007_test 6 images (real: 4952)")
+    assert record["protocol"]["notes"] == [
+        "one process: plain BN instead of SyncBN for MODEL.RESNETS.NORM (the same statistics over the same images)"]
 
 
 def test_voc_run_resumed_from_its_last_checkpoint(voc_run):

@@ -11,7 +11,10 @@ Record fields (``SCHEMA_VERSION`` 1):
   seed          int
   weights       {"path": str, "sha256": 64 hex digits, "label": str, "format": str (optional: the
                 checkpoint layout it was read as; absent in older records)}  (label: how the report names it)
-  protocol      {"full": bool, "deviations": [str, ...]}  (full is True only when deviations is empty)
+  protocol      {"full": bool, "deviations": [str, ...], "notes": [str, ...]}
+                (full is True only when deviations is empty; notes, absent when there are none (and in
+                records written before they existed), say what differs from the paper's set-up without
+                departing from its protocol, e.g. 16 images on one GPU instead of 2 on each of 8)
   config        object, the resolved config / arguments of the run; for the tasks in PROTOCOL_VARIANTS the
                 keys named there, when present, are strings
   config_sha256 sha256 of ``config`` (see fileio.sha256_json), 64 hex digits
@@ -73,10 +76,11 @@ def code_version():
         return __version__
 
 
-def make_record(task, metrics, seed, weights, config, world_size, deviations=(), extra=None):
+def make_record(task, metrics, seed, weights, config, world_size, deviations=(), extra=None, notes=()):
     """Build and validate a record. ``weights`` is {"path", "sha256", "label"}; ``deviations`` lists
     every way this run departs from the paper's protocol, in words (empty for a full-protocol run),
-    those of the backbone's pretraining included (``bt_transfer.core.provenance``)."""
+    those of the backbone's pretraining included (``bt_transfer.core.provenance``); ``notes`` what
+    differs without departing from it."""
     deviations = list(deviations)
     record = {
         "schema": SCHEMA_VERSION,
@@ -84,7 +88,7 @@ def make_record(task, metrics, seed, weights, config, world_size, deviations=(),
         "metrics": {k: float(v) for k, v in metrics.items()},
         "seed": int(seed),
         "weights": dict(weights),
-        "protocol": {"full": not deviations, "deviations": deviations},
+        "protocol": {"full": not deviations, "deviations": deviations, **({"notes": list(notes)} if notes else {})},
         "config": config,
         "config_sha256": sha256_json(config),
         "code_version": code_version(),
@@ -171,6 +175,10 @@ def validate(record, source):
     expect(isinstance(protocol["full"], bool), "protocol.full", "true or false", protocol["full"])
     if protocol["full"] != (not deviations):
         fail("key 'protocol.full' must be true exactly when 'protocol.deviations' is empty")
+    notes = protocol.get("notes", [])
+    expect(isinstance(notes, list), "protocol.notes", "a list of non-empty strings", notes)
+    for index, note in enumerate(notes):
+        expect(isinstance(note, str) and note, f"protocol.notes[{index}]", "a non-empty string", note)
     config = record["config"]
     expect(isinstance(config, dict), "config", "an object", config)
     for key in PROTOCOL_VARIANTS.get(task, {}):

@@ -1,6 +1,12 @@
 """Detection transfer, one training per seed: ``python -m bt_transfer.transfer {voc,coco}``.
 
     python -m bt_transfer.transfer voc --weights resnet50.pth --seeds 1 2 3 4 5 --num-gpus 8 --out runs/transfer-voc
+    python -m bt_transfer.transfer voc --num-gpus 2 --images-per-gpu 4 --dry-run   # what that run would train
+
+On 1, 2, 4 or 8 GPUs the run is the paper's protocol (batch 16, its LR and schedule, BN over all 16 images);
+--images-per-gpu accumulates micro-batches when 16/G images do not fit on a GPU, --schedule linear-scaling
+trades the batch for a scaled LR and schedule instead. --dry-run prints the resolved config, deviations and
+notes as JSON and exits, without GPUs, datasets or weights.
 
 Before anything is written the options, datasets and weights are checked and the weights converted strictly.
 Then the run claims OUT: a lock held while it runs, and ``run.json``, what makes its seeds comparable (task,
@@ -19,6 +25,7 @@ import argparse
 import contextlib
 import ctypes
 import functools
+import json
 import os
 import shutil
 import signal
@@ -40,9 +47,13 @@ from bt_transfer.core.provenance import pretraining_deviations, read_pretraining
 from bt_transfer.core.records import METRIC_KEYS, RESULT_FILE, ResultError, load_result, make_record, write_result
 from bt_transfer.core.rundir import RunFolderError, claim
 from bt_transfer.datasets.checks import check_contents
-from bt_transfer.datasets.layout import check_size_ranges, dataset_deviations, use_datasets_root
+from bt_transfer.datasets.layout import (
+    DatasetError, check_datasets, check_size_ranges, dataset_deviations, use_datasets_root,
+)
 from bt_transfer.detection.machines import MACHINES_DIR, machines_for
-from bt_transfer.detection.protocol import CONFIGS, config_dict, flat_config, processes, resolve_task
+from bt_transfer.detection.protocol import (
+    CONFIGS, add_schedule_arguments, config_dict, flat_config, processes, resolve_task, schedule_choice,
+)
 from bt_transfer.detection.solver import check_solver
 
 
@@ -55,24 +66,36 @@ def parse_args(argv=None):
         prog="python -m bt_transfer.transfer", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=CONFIGS, help="voc: Faster R-CNN on VOC07+12; coco: Mask R-CNN on COCO 2017")
-    parser.add_argument("--weights", required=True, type=Path,
-                        help="ResNet-50 checkpoint (any format bt_transfer.convert reads) or a converted .pkl")
+    parser.add_argument("--weights", type=Path,
+                        help="ResNet-50 checkpoint (any format bt_transfer.convert reads) or a converted .pkl "
+                             "(required, except with --dry-run)")
     parser.add_argument("--format", default="auto", dest="fmt", choices=("auto", *FORMATS),
                         help="layout of --weights (default: auto; see python -m bt_transfer.convert --help)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one training per seed (default: 1)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder; seed S goes to OUT/seed<S>/")
+    parser.add_argument("--out", type=Path,
+                        help="output folder; seed S goes to OUT/seed<S>/ (required, except with --dry-run)")
     parser.add_argument("--label", help="how the report names these weights (default: the weights file name)")
-    parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine (0: CPU)")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="GPUs per machine (0: CPU); with --dry-run, the GPUs to plan for, on any machine")
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
     parser.add_argument("--dist-url", default="auto", help="rendezvous of a multi-machine run (tcp://HOST:PORT)")
-    parser.add_argument("--no-rescale", action="store_true", help="no linear scaling rule on fewer than 8 GPUs")
+    add_schedule_arguments(parser)
     parser.add_argument("--datasets-root", type=Path,
                         help="datasets root (default: $DETECTRON2_DATASETS, else ./datasets)")
     parser.add_argument("--smoke", action="store_true",
-                        help="CPU-sized run (small images and ROI batch, 4 iterations); recorded as deviations")
+                        help="CPU-sized run (small images and ROI batch, 4 iterations, 2 images per process under "
+                             "the linear scaling rule unless --schedule protocol); recorded as deviations")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved Detectron2 config, the deviations and the notes as JSON and exit: "
+                             "nothing is trained or written, no GPU is needed, the datasets' deviations are listed "
+                             "when the datasets are there")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="trailing Detectron2 KEY VALUE overrides")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    missing = [option for option, value in (("--weights", args.weights), ("--out", args.out)) if value is None]
+    if missing and not args.dry_run:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (except with --dry-run)")
+    return args
 
 
 def check_numbers(args):
@@ -282,29 +305,62 @@ def run_seed(run, seed):
         return
     record = make_record(
         args.task, final_metrics(folder, args.task), seed, weights, config, resolved.world_size,
-        deviations=run.deviations,
+        deviations=run.deviations, notes=resolved.notes,
         extra={"datasets_root": str(run.datasets_root), "resumed": resume, "converted_weights": str(weights_pkl)},
     )
     print(f"seed {seed}: {write_result(folder, record)}")
 
 
+def resolve(args, cuda=None):
+    """The run's resolved config, for this machine (``cuda`` None) or planned for GPUs (``cuda=True``)."""
+    world_size, cpu = processes(args.num_gpus, args.num_machines, cuda)
+    try:
+        return resolve_task(args.task, world_size, smoke=args.smoke, opts=args.opts, cpu=cpu, **schedule_choice(args))
+    except (AssertionError, KeyError, ValueError) as e:  # yacs: unknown key, wrong type; the batch split
+        raise TransferError(f"config {CONFIGS[args.task].name} with these options: {e}") from None
+
+
+def dry_run(args):
+    """The resolved run as JSON-able data: config, deviations, notes. Reads, never writes; needs no GPU.
+
+    Dataset deviations are included when the datasets are there, the pretraining's when ``--weights`` has
+    its pretraining record beside it.
+    """
+    resolved = resolve(args, cuda=args.num_gpus > 0)
+    root = use_datasets_root(args.datasets_root)
+    names = list(dict.fromkeys(resolved.cfg.DATASETS.TRAIN + resolved.cfg.DATASETS.TEST))
+    try:
+        check_datasets(names)
+        datasets = dataset_deviations(names)
+        found = True
+    except DatasetError:
+        datasets, found = [], False
+    pretraining = pretraining_deviations(read_pretraining_args(args.weights)) if args.weights else []
+    return {
+        "task": args.task, "world_size": resolved.world_size,
+        "datasets": {"root": str(root), "found": found},
+        "config": config_dict(resolved.cfg),
+        "deviations": [*resolved.deviations, *datasets, *pretraining],
+        "notes": list(resolved.notes),
+    }
+
+
 def run(args):
-    """Check the options, datasets and weights, claim OUT, then train and record each seed.
+    """Check the options, datasets and weights, claim OUT, then train and record each seed (``--dry-run``:
+    print the resolved run instead).
 
     Raises TransferError (or a DatasetError) before anything is written on a bad option or config value, a
     missing dataset, missing weights, weights the converter rejects, or an OUT that is busy or holds another run.
     """
     check_numbers(args)
+    if args.dry_run:
+        print(json.dumps(dry_run(args), indent=2))
+        return
     if args.num_machines > 1 and args.dist_url == "auto":
         raise TransferError("--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0, "
                             "the same on every machine")
     root = use_datasets_root(args.datasets_root)
-    world_size, cpu = processes(args.num_gpus, args.num_machines)
-    try:
-        resolved = resolve_task(args.task, world_size, smoke=args.smoke, opts=args.opts, rescale=not args.no_rescale,
-                                cpu=cpu)
-    except (AssertionError, KeyError, ValueError) as e:  # yacs: unknown key, wrong type; the scaling rule
-        raise TransferError(f"config {CONFIGS[args.task].name} with these options: {e}") from None
+    resolved = resolve(args)
     check_solver(resolved.cfg)
     names = list(dict.fromkeys(resolved.cfg.DATASETS.TRAIN + resolved.cfg.DATASETS.TEST))
     check_contents(names, evaluated=resolved.cfg.DATASETS.TEST)  # both splits: every annotation and image

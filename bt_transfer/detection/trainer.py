@@ -3,10 +3,11 @@
 ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only``,
 trailing ``KEY VALUE`` overrides).
 
-A config file is resolved for the run's world size (``bt_transfer.detection.protocol``; ``--no-rescale``
-keeps the file's schedule) and its departures from the protocol are logged; ``--resolved`` takes a config
-that ``bt_transfer.transfer`` has already resolved as it is. On CPU (``--num-gpus 0`` or no CUDA) the run
-stays in this process: Detectron2's ``launch`` hard-codes NCCL.
+A config file is resolved for the run's world size (``bt_transfer.detection.protocol``; ``--schedule``
+and ``--images-per-gpu`` as for ``bt_transfer.transfer``) and its departures from the protocol are logged;
+``--resolved`` takes a config that ``bt_transfer.transfer`` has already resolved as it is. With
+``SOLVER.ACCUMULATION_STEPS`` k > 1 each step accumulates k micro-batches (``detection.accumulation``). On
+CPU (``--num-gpus 0`` or no CUDA) the run stays in this process: Detectron2's ``launch`` hard-codes NCCL.
 
 Every model file is read by ``SafeCheckpointer`` (no code runs from a file). Checkpoints also hold the
 optimizer state and each process's random states and data-stream positions (``resume``): ``--resume``
@@ -17,7 +18,6 @@ import os
 import weakref
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
@@ -25,12 +25,15 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import bt_transfer.detection.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
-from bt_transfer.core.errors import command
+from bt_transfer.core.errors import UserError, command
 from bt_transfer.core.progress import Progress, peak_memory_gb
 from bt_transfer.datasets.layout import use_datasets_root
+from bt_transfer.detection.accumulation import micro_batch_config, use_accumulation
 from bt_transfer.detection.checkpoint import CheckpointError, SafeCheckpointer
 from bt_transfer.detection.mapper import NamingDatasetMapper, data_error_first
-from bt_transfer.detection.protocol import processes, resolve_config
+from bt_transfer.detection.protocol import (
+    add_schedule_arguments, new_config, processes, resolve_config, schedule_choice,
+)
 from bt_transfer.detection.resume import preserved_rng, restore_rng, resumable_train_loader, rng_state
 from bt_transfer.detection.solver import check_solver
 from bt_transfer.detection.weights import load_backbone_weights
@@ -92,7 +95,12 @@ RUN_STATE_KEYS = ("iteration", "_trainer", "processes")
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's DefaultTrainer whose model loads are safe and whose checkpoints continue the same run."""
+    """Detectron2's DefaultTrainer whose model loads are safe, whose checkpoints continue the same run and whose
+    steps may accumulate micro-batches."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        use_accumulation(self)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name):
@@ -101,7 +109,8 @@ class Trainer(DefaultTrainer):
     # Every loader (training, PreciseBN, evaluation) names an image it cannot read.
     @classmethod
     def build_train_loader(cls, cfg):
-        return resumable_train_loader(cfg, mapper=NamingDatasetMapper(cfg, is_train=True))
+        # One micro-batch at a time: the data positions a checkpoint saves count its samples.
+        return resumable_train_loader(micro_batch_config(cfg), mapper=NamingDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -175,10 +184,7 @@ class Trainer(DefaultTrainer):
 
 def argument_parser():
     parser = default_argument_parser()
-    parser.add_argument(
-        "--no-rescale", action="store_true",
-        help="keep the config's batch, LR and schedule on fewer than 8 GPUs (default: linear scaling rule)",
-    )
+    add_schedule_arguments(parser)
     parser.add_argument(
         "--resolved", action="store_true",
         help="the config file is a run's resolved config (written by bt_transfer.transfer): take it as it is",
@@ -196,14 +202,17 @@ def world_size_of(args):
 
 
 def resolve_args(args):
-    """``resolve_config`` for parsed command-line arguments."""
+    """``resolve_config`` for parsed command-line arguments; a config that cannot run is a UserError."""
     opts = list(args.opts) + (["MODEL.DEVICE", "cpu"] if on_cpu(args) else [])
-    return resolve_config(args.config_file, opts, world_size_of(args), rescale=not args.no_rescale)
+    try:
+        return resolve_config(args.config_file, opts, world_size_of(args), **schedule_choice(args))
+    except ValueError as e:  # the batch split, the scaling rule
+        raise UserError(f"config {args.config_file}: {e}") from None
 
 
 def setup(args):
     if args.resolved:
-        cfg = get_cfg()
+        cfg = new_config()
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(list(args.opts))
         cfg.freeze()
@@ -241,6 +250,8 @@ def main(args):
 def cli(argv=None):
     args = argument_parser().parse_args(argv)
     world_size_of(args)  # refuse a GPU count this machine cannot run before anything starts
+    if not args.resolved:
+        resolve_args(args)  # and a batch that does not split over the processes
     if on_cpu(args):
         return main(args)
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
