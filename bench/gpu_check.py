@@ -133,8 +133,14 @@ def run_stage(stage, out):
     return Result(stage.name, ok, detail, seconds, None, memory.peak)
 
 
-def stages(out, gpus, python):
-    """Every stage of the check, in order."""
+def images_per_gpu(gpus, memory_gb):
+    """Detection images per GPU and micro-batch: the protocol's 16/G, or what fits by the rule of thumb of
+    ``--images-per-gpu`` (about 5 GB per image at 800 px with 512 ROIs, 2 GB fixed; docs/PERFORMANCE.md)."""
+    return max(1, min(16 // gpus, int((memory_gb - 2) // 5)))
+
+
+def stages(out, gpus, python, memory_gb=80.0):
+    """Every stage of the check, in order; ``memory_gb`` is one GPU's memory."""
     data, pretrain = out / "data", out / "pretrain"
     weights = pretrain / "resnet50.pth"
     batch = PER_GPU_BATCH * gpus
@@ -144,8 +150,9 @@ def stages(out, gpus, python):
                         "--checkpoint-every", "4", "--log-every", "1", "--image-size", "224", "--workers", "6",
                         "--amp", "auto", "--channels-last", "--knn-every", "0"]
     detection = ["--num-gpus", str(gpus), "--datasets-root", str(data), "--seeds", "1",
-                 "--opts", "SOLVER.MAX_ITER", "8", "SOLVER.WARMUP_ITERS", "2", "TEST.PRECISE_BN.NUM_ITER", "2",
-                 "SOLVER.CHECKPOINT_PERIOD", "8"]
+                 "--images-per-gpu", str(images_per_gpu(gpus, memory_gb)),
+                 "--opts", "SOLVER.MAX_ITER", "8", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "2",
+                 "TEST.PRECISE_BN.NUM_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "8"]
     evaluation = ["--weights", str(weights), "--data", str(data / "imagenet"), "--epochs", "1",
                   "--batch-size", str(batch), "--workers", "6"]
     return [
@@ -195,7 +202,8 @@ def main(argv=None):
     print(f"gpu-check on {gpus} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}; logs in {args.out}",
           flush=True)
     results = []
-    for stage in stages(args.out.resolve(), gpus, sys.executable):
+    memory_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
+    for stage in stages(args.out.resolve(), gpus, sys.executable, memory_gb):
         result = run_stage(stage, args.out)
         if result.ok and stage.throughput is not None:
             with_rate = stage.throughput()

@@ -21,6 +21,9 @@ def test_stages_run_every_cuda_path_through_the_real_commands(tmp_path):
     assert stages["pretrain (resumed)"].command == pretrain
     voc = stages["voc"].command
     assert voc[:4] == ["py", "-m", "bt_transfer.transfer", "voc"] and voc[voc.index("--num-gpus") + 1] == "4"
+    assert voc[voc.index("--images-per-gpu") + 1] == "4"  # the protocol's 16 over 4 GPUs: no accumulation
+    # Smaller GPUs accumulate micro-batches that fit; the batch stays 16.
+    assert [gpu_check.images_per_gpu(1, gb) for gb in (16, 24, 40, 80, 141)] == [2, 4, 7, 15, 16]
     assert stages["bench loss+step"].command[-2:] == ["--out", str(tmp_path / "bench")]
 
 
