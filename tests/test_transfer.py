@@ -134,7 +134,8 @@ def test_voc_result_record(voc_run, weights):
     assert record["task"] == "voc" and record["seed"] == 1 and record["world_size"] == 1
     assert set(METRIC_KEYS["voc"]) <= set(record["metrics"])
     assert all(math.isfinite(v) and 0 <= v <= 100 for v in record["metrics"].values())
-    assert record["weights"] == {"path": str(weights), "sha256": sha256_file(weights), "label": "random init"}
+    assert record["weights"] == {"path": str(weights), "sha256": sha256_file(weights), "label": "random init",
+                                 "format": "torchvision"}
     assert record["config"] == yaml.safe_load((folder / "config.yaml").read_text())  # what Detectron2 ran
     assert record["config_sha256"] == sha256_json(record["config"])
     assert record["code_version"]
