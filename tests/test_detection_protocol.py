@@ -188,7 +188,7 @@ def test_records_carry_notes_beside_deviations_and_old_records_stay_valid():
     assert noted["protocol"] == {"full": True, "deviations": [], "notes": ["16 images per GPU"]}
     assert record()["protocol"] == {"full": True, "deviations": []}  # as records were before notes existed
     validate(record(), "old.json")
-    for bad, where in (("16 images per GPU", "protocol.notes' is '16 images per GPU' (str), expected a list"),
+    for bad, where in (("16 images per GPU", r"protocol.notes' is '16 images per GPU' \(str\), expected a list"),
                        ([""], r"protocol.notes\[0\]' is '' \(str\), expected a non-empty string"),
                        ([3], r"protocol.notes\[0\]' is 3 \(int\), expected a non-empty string")):
         with pytest.raises(ResultError, match=f"x.json: key '{where}"):
