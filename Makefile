@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)#  interpreter that creates the virtual environment (3.11 tested; 3.10-3.13 expected to work)
 VENV    ?= .venv#                the environment every target runs in
 SYSTEM_SITE ?= 0#                1: let .venv see system packages (e.g. a full Detectron2 built from GitHub)
-GPUS    ?= $(shell nvidia-smi -L 2>/dev/null | wc -l | awk '{print ($$1 > 0) ? $$1 : 1}')#  processes per machine
+GPUS    ?= $(shell $(PY) -c 'import torch; print(max(torch.cuda.device_count(), 1))' 2>/dev/null || echo 1)#  processes per machine: the GPUs torch sees (CUDA_VISIBLE_DEVICES), at least 1
 DATA    ?= datasets/imagenet#    ImageFolder root with train/ and val/
 EPOCHS  ?= 1000#                 pretraining epochs (paper: 1000)
 BATCH   ?= 2048#                 global pretraining batch (paper: 2048)
@@ -17,10 +17,10 @@ OUT     ?=#                      output folder (default: runs/<target>)
 ARGS    ?=#                      extra arguments passed to the target's command
 
 PY := $(VENV)/bin/python
-TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS)
+TORCHRUN = $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS)
 STAMP := $(VENV)/.bt-transfer-setup
 
-.PHONY: help setup test demo pretrain benchmark transfer-voc transfer-coco linear semisup tables bench bench-gpu
+.PHONY: help setup test demo gpu-check pretrain benchmark transfer-voc transfer-coco linear semisup tables bench bench-gpu
 
 help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ tables: setup ## rebuild tables/ from every result.json under runs/
 
 bench: setup ## speed and memory benchmarks, ours against the reference, side by side
 	$(PY) -m bench $(ARGS)
+
+gpu-check: setup ## every CUDA path through its real command on generated data (< 8 minutes): one table, exit status
+	$(PY) -m bench.gpu_check --out $(or $(OUT),runs/gpu-check)
 
 bench-gpu: setup ## all benchmarks on a CUDA machine (under 5 minutes): images/s per GPU at 224 px
 	PY=$(PY) OUT=$(or $(OUT),runs/bench-gpu) bash bench/gpu.sh $(ARGS)

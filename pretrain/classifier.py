@@ -61,14 +61,26 @@ def train_one_epoch(model, loader, optimizer, device, progress, step, images_per
 
 @torch.no_grad()
 def evaluate(model, loader, device, num_classes):
-    """Top-1 and top-5 accuracy (%) over this process's shard, summed over all processes."""
+    """Top-1 and top-5 accuracy (%) over this process's shard, summed over all processes.
+
+    ``model`` is the unwrapped model, not DDP's wrapper: the loop runs no collective, so a process with an
+    empty shard (fewer validation images than processes) cannot hang the others. Every process first takes
+    rank 0's BatchNorm buffers, which rank 0's checkpoint holds (DDP's forward would have broadcast them).
+    Hits are summed on the device and read once, so no validation batch waits for the GPU.
+    """
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
     model.eval()
     k = min(5, num_classes)
-    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    hits, seen = torch.zeros(2, dtype=torch.int64, device=device), 0
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        hits = model(images).topk(k, dim=1).indices == targets[:, None]
-        counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.tensor(len(targets), device=device)])
+        correct = model(images).topk(k, dim=1).indices == targets[:, None]
+        hits += torch.stack([correct[:, 0].sum(), correct.any(dim=1).sum()])
+        seen += len(targets)
+    counts = torch.cat([hits, torch.tensor([seen], device=device)])
     if dist.is_initialized():
         dist.all_reduce(counts)
-    return (100 * counts[0] / counts[2]).item(), (100 * counts[1] / counts[2]).item()
+    top1, top5, total = counts.tolist()
+    return 100 * top1 / total, 100 * top5 / total

@@ -12,6 +12,11 @@ same command resumes from ``OUT/checkpoint.pth`` and another one is refused, nam
 The run writes ``args.json``, ``metrics.jsonl`` (one line per epoch), and at the end ``result.json``.
 Validation is sharded over the processes and the counts summed, so top-1 / top-5 are exact whatever the
 number of processes.
+
+Semi-supervised fine-tuning normalises over the global batch whatever the number of GPUs (SyncBatchNorm
+across processes on CUDA), as one process does. The official evaluate.py used plain BatchNorm per GPU, i.e.
+over 256 / GPUs images (32 on its 8 GPUs). SyncBatchNorm needs CUDA: a multi-process CPU run (the tests)
+normalises per process and records that as a deviation.
 """
 import argparse
 import hashlib
@@ -36,8 +41,9 @@ from bt_transfer.core.records import make_record, write_result
 from pretrain import eval_protocol, subsets
 from pretrain.checkpoint import CheckpointError, load_state, save_atomically
 from pretrain.classifier import FC_KEYS, build_optimizer, evaluate, make_loaders, train_one_epoch
-from pretrain.distributed import cleanup, init_distributed
+from pretrain.distributed import cleanup, init_distributed, require_same_everywhere
 from pretrain.eval_data import image_folders
+from pretrain.gpu_batch import split_batch
 from pretrain.run_folder import claim_for_all
 
 # What defines an evaluation run (with its data, see run_identity): every setting that changes its numbers,
@@ -167,22 +173,47 @@ def run_identity(config, facts):
             **facts}
 
 
-def resume(path, model, optimizer):
-    """(first epoch to train, best and last accuracies) after restoring ``path`` if it exists."""
-    if not path.is_file():
-        return 0, dict(top1=0.0, top5=0.0), None
-    checkpoint = load_checkpoint(path)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    return checkpoint["epoch"], checkpoint["best"], checkpoint["last"]
+def resume(path, model, optimizer, info):
+    """(first epoch to train, best and last accuracies) after restoring ``path`` if it exists. Rank 0's
+    epoch is the run's: a process that resumed another one stops them all (else they would train different
+    epochs and wait for each other forever)."""
+    epoch, best, last = 0, dict(top1=0.0, top5=0.0), None
+    if path.is_file():
+        checkpoint = load_checkpoint(path)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        epoch, best, last = checkpoint["epoch"], checkpoint["best"], checkpoint["last"]
+    require_same_everywhere(epoch, info, f"the epoch resumed from {path}",
+                            "--out must be a folder every process sees (shared storage), so that all resume from "
+                            "the same checkpoint.pth")
+    return epoch, best, last
+
+
+def trainable(model, linear, info):
+    """The model as the run trains it: linear evaluation freezes all but the classifier; fine-tuning on several
+    GPUs normalises over the global batch (SyncBatchNorm, same parameter and buffer names)."""
+    if linear:
+        model.requires_grad_(False)
+        model.fc.requires_grad_(True)
+    elif info.distributed and info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def batch_norm_deviations(config, info):
+    """How a semi-supervised run's batch statistics depart from the global batch, in words (empty if they do not)."""
+    if config["mode"] != "semisup" or not info.distributed or info.device.type == "cuda":
+        return []
+    return [f"batch norm over {config['batch_size'] // info.world_size} images per process ({info.world_size} "
+            f"processes on {info.device.type}, where SyncBatchNorm is unavailable) instead of the global batch of "
+            f"{config['batch_size']}"]
 
 
 def run(config):
     info = init_distributed()
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if config["batch_size"] % info.world_size:
-        raise ValueError(f"--batch-size {config['batch_size']} is not divisible by the {info.world_size} processes")
+    split_batch(config["batch_size"], info.world_size, "ARGS='--batch-size {}'")
     task = eval_protocol.task_name(config["mode"], config["percent"])
     config, model, trunk, train_set, val_set, facts, subset, drawn = prepare(config, info)
     with claim_for_all(Path(config["out"]), task, run_identity(config, facts), info) as out:
@@ -196,13 +227,10 @@ def train_and_record(config, info, task, model, trunk, train_set, val_set, facts
     """Train (or resume) the run prepared by ``prepare``, in the folder it holds; rank 0 returns the record."""
     out, device = Path(config["out"]), info.device
     linear = config["mode"] == "linear"
-    if linear:
-        model.requires_grad_(False)
-        model.fc.requires_grad_(True)
-    model.to(device)
+    model = trainable(model, linear, info).to(device)
     optimizer = build_optimizer(model, config)
     checkpoint_path = out / "checkpoint.pth"
-    start_epoch, best, last = resume(checkpoint_path, model, optimizer)
+    start_epoch, best, last = resume(checkpoint_path, model, optimizer, info)
     trained = model
     if info.distributed:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -224,7 +252,7 @@ def train_and_record(config, info, task, model, trunk, train_set, val_set, facts
         trained.train(not linear)
         loss, images_per_s, step = train_one_epoch(trained, train_loader, optimizer, device, progress, step,
                                                    config["batch_size"])
-        top1, top5 = evaluate(trained, val_loader, device, len(val_set.classes))
+        top1, top5 = evaluate(model, val_loader, device, len(val_set.classes))
         last = dict(top1=top1, top5=top5)
         best = dict(top1=max(best["top1"], top1), top5=max(best["top5"], top5))
         if linear:
@@ -243,12 +271,13 @@ def train_and_record(config, info, task, model, trunk, train_set, val_set, facts
     if not info.is_main:
         return None
     metrics.close()
-    return write_record(config, task, last, best, facts, subset)
+    return write_record(config, task, last, best, facts, subset, batch_norm_deviations(config, info))
 
 
-def write_record(config, task, last, best, facts, subset):
+def write_record(config, task, last, best, facts, subset, run_deviations):
     """``OUT/result.json`` of a finished run: the last epoch's accuracies (and the best ones), every deviation
-    (the pretraining's and the supervised weights' included), and the pretraining's provenance in ``extra``."""
+    (``run_deviations``: those that come from how the run was launched; the pretraining's and the supervised
+    weights' included), and the pretraining's provenance in ``extra``."""
     pretraining = read_pretraining_args(config["weights"])
     provenance = pretraining_provenance(pretraining)
     record = make_record(
@@ -259,7 +288,8 @@ def write_record(config, task, last, best, facts, subset):
                      format=config["weights_format"]),
         config={k: _jsonable(v) for k, v in config.items()},
         world_size=config["world_size"],
-        deviations=[*eval_protocol.deviations(config, facts, subset), *pretraining_deviations(pretraining),
+        deviations=[*eval_protocol.deviations(config, facts, subset), *run_deviations,
+                    *pretraining_deviations(pretraining),
                     *supervised_weights_deviations(config["weights_format"], config["weights_sha256"])],
         extra=dict(facts, epochs=config["epochs"], **({"subset": subset} if subset else {}),
                    **({"pretraining": provenance} if provenance else {})),

@@ -58,6 +58,7 @@ from pretrain.checkpoint import (
 )
 from pretrain.data import ResumableSampler, TwoViewDataset, make_loader
 from pretrain.distributed import cleanup, init_distributed
+from pretrain.gpu_batch import check_pretraining_batch
 from pretrain.knn import KnnMonitor, labelled_splits
 from pretrain.lars import LARS, base_learning_rate, learning_rate, param_groups, set_learning_rate
 from pretrain.run_folder import claim_for_all
@@ -148,13 +149,25 @@ def parse_args(argv=None):
     return args
 
 
-def resolve_amp(choice, device):
-    """The autocast dtype for ``--amp`` on ``device``, or None for full precision."""
-    if choice == "off" or (choice == "auto" and device.type != "cuda"):
+def amp_dtype_for(choice, capability):
+    """The autocast dtype for ``--amp`` on a CUDA device of compute ``capability`` ((major, minor); None on CPU),
+    or None for full precision.
+
+    auto: bf16 from Ampere (8.0) on, fp16 before. Earlier GPUs only emulate bf16, and their convolutions then
+    run far slower; ``torch.cuda.is_bf16_supported()`` counts the emulation, while this is the rule of
+    ``is_bf16_supported(including_emulation=False)``, as a function of the capability so it can be checked
+    without a GPU.
+    """
+    if choice == "off" or (choice == "auto" and capability is None):
         return None
     if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if capability >= (8, 0) else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def resolve_amp(choice, device):
+    """The autocast dtype for ``--amp`` on ``device``, or None for full precision."""
+    return amp_dtype_for(choice, torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
 
 
 def resolve_augment(choice, device):
@@ -283,6 +296,9 @@ def check_same_step_everywhere(step, dist_info):
 def train(args, dist_info, argv=()):
     """Train (or resume) to the end of the schedule or --max-steps; return the number of steps done."""
     device = dist_info.device
+    amp_dtype = resolve_amp(args.amp, device)
+    # Before anything is read, built or written: a batch that cannot split or fit fails at once, saying what to set.
+    check_pretraining_batch(args.batch_size, dist_info.world_size, args.image_size, args.projector, amp_dtype, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
@@ -299,7 +315,6 @@ def train(args, dist_info, argv=()):
 
     model = build_model(args, dist_info)
     optimizer = LARS(param_groups(model, args.weight_decay))
-    amp_dtype = resolve_amp(args.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     checkpoint_path = args.out / CHECKPOINT_FILE
     schedule = dict(steps_per_epoch=steps_per_epoch, global_batch=args.batch_size, projector=args.projector)

@@ -75,7 +75,7 @@ def test_a_failing_stage_does_not_stop_the_others_and_a_rerun_skips_finished_one
     with pytest.raises(SystemExit):
         main(argv)
     table = capsys.readouterr().out.split("\nstage ")[-1]
-    assert f"linear  skipped" in table and "voc     failed" in table
+    assert "linear  skipped" in table and "voc     failed" in table
 
 
 def test_slurm_path_through_submitits_local_executor_and_status(weights, generated_data, tmp_path):

@@ -11,7 +11,6 @@ import argparse
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 from bt_transfer.convert.__main__ import main
 from bt_transfer.convert.detectron2 import to_detectron2
@@ -22,16 +21,9 @@ from pretrain.evaluate import load_backbone
 
 
 @pytest.fixture(scope="module")
-def state_dict():
+def state_dict(resnet50):
     """A torchvision ResNet-50 state dict (with fc and num_batches_tracked), BatchNorm far from identity."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.weight.data, module.bias.data = torch.rand(n) + 0.5, torch.randn(n) * 0.5
-            module.running_mean, module.running_var = torch.randn(n) * 0.5, torch.rand(n) * 1.5 + 0.5
-    return model.state_dict()
+    return resnet50.state_dict()
 
 
 @pytest.fixture(scope="module")

@@ -39,21 +39,6 @@ SIDE = 224  # res4 is SIDE/16 = 14 cells a side, the C4 head's POOLER_RESOLUTION
 
 
 @pytest.fixture(scope="module")
-def resnet50():
-    """torchvision ResNet-50, random weights, BatchNorm statistics and affine far from identity, eval mode."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.weight.data = torch.rand(n) + 0.5
-            module.bias.data = torch.randn(n) * 0.5
-            module.running_mean = torch.randn(n) * 0.5
-            module.running_var = torch.rand(n) * 1.5 + 0.5
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
 def state_dict(resnet50):
     return resnet50.state_dict()  # torchvision format: with fc and num_batches_tracked
 

@@ -211,7 +211,7 @@ def test_pascal_evaluator_scores_the_test_ground_truth_as_a_perfect_detector(gen
 
 def test_the_command_line_check_reports_a_good_and_a_bad_root(generated_data, tmp_path, capsys):
     assert main(["--root", str(generated_data)]) == 0
-    assert capsys.readouterr().out == f"{generated_data}: {', '.join(DATASETS)} in place\n"
+    assert capsys.readouterr().out == f"{generated_data}: {', '.join(DATASETS)} in place and checked\n"
     with pytest.raises(SystemExit) as exit_info:
         main(["--root", str(tmp_path), "coco_2017_val"])
     assert exit_info.value.code == 1

@@ -28,5 +28,6 @@ def test_demo_runs_every_stage_and_reports_our_rows_beside_the_papers(tmp_path):
         assert "Not the paper's protocol" in markdown and "generated data" in markdown, name
     detection = (tables / "table4_detection.md").read_text()
     assert "not the benchmark's data: voc_2007_trainval" in detection and "coco_2017_val" in detection
-    assert (tables / "pretrain_loss.png").stat().st_size > 0
+    for stage in ("pretrain", "voc", "coco", "linear", "semisup-1", "semisup-10"):      # training curves, each stage
+        assert (tables / f"curves_{stage}.png").stat().st_size > 0 and (tables / f"curves_{stage}.csv").is_file()
     assert "pretraining" in (tables / "README.md").read_text().lower()

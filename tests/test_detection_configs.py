@@ -82,18 +82,20 @@ def test_protocol_on_8_gpus_has_no_deviation(protocol_configs, task):
 
 def test_one_process_uses_plain_bn_and_records_every_change():
     opts = ["SOLVER.MAX_ITER", "4", "OUTPUT_DIR", "/tmp/x", "SEED", "3"]
-    resolved = resolve_config(CONFIGS["voc"], opts, world_size=1)
+    resolved = resolve_config(CONFIGS["voc"], opts, world_size=1, schedule="linear-scaling")
     cfg, deviations = resolved.cfg, resolved.deviations
     assert cfg.MODEL.RESNETS.NORM == "BN"  # backbone and the res5 head, its extra norm included
     assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (2, 0.1 / 8)
     assert cfg.SOLVER.MAX_ITER == 4  # overrides are final values, applied after the scaling rule
-    assert deviations[0].startswith("linear scaling rule for 1 GPU(s) x 2 images: batch 2 (protocol 16)")
+    # The rule's sentence names only what the run kept: MAX_ITER 4 is stated once, as the override.
+    assert deviations[0] == ("linear scaling rule for 1 GPU(s) x 2 images: batch 2 (protocol 16), BASE_LR 0.0125 "
+                             "(0.1), STEPS (144000, 176000) ((18000, 22000)), WARMUP_ITERS 8000 (1000)")
     assert "plain BN on one process (MODEL.RESNETS.NORM)" in deviations[1]
     assert deviations[2:] == ("SOLVER.MAX_ITER: 4 (protocol: 24000)",)  # OUTPUT_DIR and SEED are bookkeeping
 
 
 def test_no_rescale_keeps_the_protocol_schedule():
-    resolved = resolve_config(CONFIGS["coco"], world_size=2, rescale=False)
+    resolved = resolve_config(CONFIGS["coco"], world_size=2, schedule="protocol")
     solver = resolved.cfg.SOLVER
     assert (solver.IMS_PER_BATCH, solver.BASE_LR, solver.MAX_ITER) == (16, 0.03, 90000)
     assert resolved.cfg.MODEL.RESNETS.NORM == "SyncBN" and resolved.deviations == ()
@@ -191,4 +193,6 @@ def test_more_than_one_process_without_cuda_is_refused():
 
 def test_detectron2_auto_scaling_and_ours_do_not_stack():
     with pytest.raises(ValueError, match="--no-rescale"):
-        resolve_config(CONFIGS["voc"], ["SOLVER.REFERENCE_WORLD_SIZE", "8"], world_size=1)
+        resolve_config(CONFIGS["voc"], ["SOLVER.REFERENCE_WORLD_SIZE", "8"], world_size=1, schedule="linear-scaling")
+    with pytest.raises(ValueError, match="--no-rescale"):
+        resolve_config(CONFIGS["voc"], ["SOLVER.REFERENCE_WORLD_SIZE", "8"], world_size=1, images_per_gpu=2)

@@ -4,6 +4,10 @@ Runs use the generated ImageFolder (10 classes, 26 train / 10 val images each) a
 """
 import json
 import os
+import re
+import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +21,7 @@ from bt_transfer.core.progress import read_metrics
 from bt_transfer.core.records import load_result
 from pretrain import eval_protocol, evaluate
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
-from pretrain.distributed import free_port
+from pretrain.distributed import DistInfo, free_port
 from pretrain.images import DataError
 from pretrain.eval_data import LabelledImages, image_folders
 from bt_transfer.convert.resnet50 import ConversionError
@@ -281,6 +285,97 @@ def test_two_processes_train_the_classifier_one_process_trains(linear_run, seen_
     assert double["metrics"] == pytest.approx(single["metrics"], abs=1.0)  # at most one of 100 images flips
 
 
+def recording_worker(rank, port, argvs, out_dir):
+    """One of two processes: runs its own command line and writes how it ended to ``out_dir/rank<r>.txt``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        evaluate.main(argvs[rank])
+        ending = "finished"
+    except SystemExit as exit:
+        ending = str(exit)
+    Path(out_dir, f"rank{rank}.txt").write_text(ending)
+
+
+def run_two_processes(argvs, out_dir, timeout=120):
+    """Both command lines under gloo; a failure rather than a hang if they have not ended after ``timeout`` s."""
+    context = mp.spawn(recording_worker, args=(free_port(), argvs, str(out_dir)), nprocs=2, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the two processes were still running after {timeout} s: they wait for each other")
+    return [Path(out_dir, f"rank{rank}.txt").read_text() for rank in range(2)]
+
+
+def test_processes_that_resume_different_epochs_all_stop_with_one_line(linear_run, seen_backbone, generated_data,
+                                                                       tmp_path):
+    """An --out that the processes do not share: rank 0 finds the finished run's checkpoint (epoch 2), rank 1
+    an empty folder. Left alone, rank 0 would write a result while rank 1 trained epoch 0 waiting for it."""
+    out, _ = linear_run
+    (tmp_path / "rank0").mkdir()
+    shutil.copy(out / "checkpoint.pth", tmp_path / "rank0")
+    argvs = [["--weights", str(seen_backbone), "--data", str(generated_data / "imagenet"),
+              "--out", str(tmp_path / f"rank{rank}"), "--workers", "0", *map(str, LINEAR)] for rank in range(2)]
+    endings = run_two_processes(argvs, tmp_path)
+    for rank, ending in enumerate(endings):
+        assert re.fullmatch(re.escape(f"error: the epoch resumed from {tmp_path / f'rank{rank}' / 'checkpoint.pth'} "
+                                      "differs between processes: rank 0 2, rank 1 0; --out must be a folder every "
+                                      "process sees") + ".*", ending), ending
+    assert not (tmp_path / "rank0" / "result.json").exists()
+
+
+def test_a_process_without_validation_images_does_not_hang_the_others(plain_weights, generated_data, tmp_path):
+    """One validation image for two processes: rank 1's shard is empty, and validation runs no collective."""
+    source = generated_data / "imagenet" / "train" / "n00000001"
+    images = sorted(source.iterdir())
+    for split, chosen in (("train", images[:8]), ("val", images[8:9])):
+        (tmp_path / "data" / split / source.name).mkdir(parents=True)
+        for image in chosen:
+            shutil.copy(image, tmp_path / "data" / split / source.name)
+    argv = ["--mode", "linear", "--weights", str(plain_weights), "--data", str(tmp_path / "data"),
+            "--out", str(tmp_path / "run"), "--workers", "0", "--epochs", "1", "--batch-size", "4",
+            "--image-size", "32"]
+    assert run_two_processes([argv, argv], tmp_path) == ["finished", "finished"]
+    record = load_result(tmp_path / "run" / "result.json")
+    assert record["world_size"] == 2 and record["extra"]["val_images"] == 1
+    assert record["metrics"]["top1"] == 100.0  # one class: the one image counted once, not lost nor doubled
+
+
+def test_fine_tuning_on_several_gpus_normalises_over_the_global_batch():
+    """SyncBatchNorm when fine-tuning on several GPUs, with the parameter and buffer names checkpoints use; a
+    multi-process CPU run cannot have it, and says so in its record."""
+    gpus, cpus = (DistInfo(0, 0, 4, torch.device(kind)) for kind in ("cuda", "cpu"))
+    model = models.resnet50()
+    names = list(model.state_dict())
+    synced = evaluate.trainable(model, linear=False, info=gpus)
+    assert isinstance(synced.layer1[0].bn1, torch.nn.SyncBatchNorm) and list(synced.state_dict()) == names
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm)
+                   for m in evaluate.trainable(models.resnet50(), linear=False, info=cpus).modules())
+    frozen = evaluate.trainable(models.resnet50(), linear=True, info=gpus)
+    assert [n for n, p in frozen.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+
+    semisup = dict(mode="semisup", batch_size=256)
+    assert evaluate.batch_norm_deviations(semisup, cpus) == [
+        "batch norm over 64 images per process (4 processes on cpu, where SyncBatchNorm is unavailable) instead of "
+        "the global batch of 256"]
+    assert evaluate.batch_norm_deviations(semisup, gpus) == []
+    assert evaluate.batch_norm_deviations(semisup, DistInfo(0, 0, 1, torch.device("cpu"))) == []
+    assert evaluate.batch_norm_deviations(dict(semisup, mode="linear"), cpus) == []
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_one_line_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "init_distributed", lambda: DistInfo(0, 0, 3, torch.device("cpu")))
+    with pytest.raises(SystemExit, match=r"^error: --batch-size 256 does not split over 3 processes: set "
+                                         r"ARGS='--batch-size 255' \(a multiple of 3\) or start a number of "
+                                         r"processes that divides 256 \(e.g. GPUS=2 on one machine\)$"):
+        evaluate.main(["--mode", "linear", "--weights", str(tmp_path / "absent.pth"), "--data", str(tmp_path),
+                       "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
 class Interrupted(Exception):
     pass
 
@@ -327,7 +422,7 @@ def test_semisup_fine_tunes_the_backbone_and_resumes_bit_exactly(seen_backbone, 
     assert whole["weights"]["format"] == "torchvision"
     assert whole["protocol"]["deviations"][-1] == (
         f"supervised weights (sha256 {sha256_file(supervised)}) are not torchvision's IMAGENET1K_V1 ResNet-50 "
-        f"(resnet50-0676ba61.pth, sha256 {provenance.TORCHVISION_V1_SHA256}), which the paper's Sup. row used "
+        "(resnet50-0676ba61.pth, sha256 0676ba61...), which the paper's Sup. row used "
         "(MoCo protocol)")
 
     before = {path.name: path.read_bytes() for path in (tmp_path / "cut").iterdir() if path.is_file()}

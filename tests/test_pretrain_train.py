@@ -4,13 +4,23 @@ import torch
 
 from pretrain.augment import normalize_batch
 from pretrain.barlow_twins import BarlowTwins
-from pretrain.train import resolve_amp, to_device_views
+from pretrain.train import amp_dtype_for, resolve_amp, to_device_views
 
 
 def test_amp_choice():
     cpu = torch.device("cpu")
     assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None
     assert resolve_amp("bf16", cpu) == torch.bfloat16 and resolve_amp("fp16", cpu) == torch.float16
+
+
+@pytest.mark.parametrize("capability, automatic", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                                   ((8, 0), torch.bfloat16), ((8, 6), torch.bfloat16),
+                                                   ((9, 0), torch.bfloat16)])
+def test_auto_amp_is_bf16_from_ampere_on_and_fp16_on_earlier_gpus_which_only_emulate_bf16(capability, automatic):
+    """V100 (7.0) and T4 / RTX 20xx (7.5) get fp16, A100 (8.0), RTX 30xx (8.6) and H100 (9.0) bf16."""
+    assert amp_dtype_for("auto", capability) == automatic
+    assert amp_dtype_for("off", capability) is None
+    assert amp_dtype_for("bf16", capability) == torch.bfloat16 and amp_dtype_for("fp16", capability) == torch.float16
 
 
 def test_device_views_are_normalised_and_channels_last_on_request():

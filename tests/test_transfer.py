@@ -1,10 +1,13 @@
 """Detection transfer end to end on CPU with real Detectron2, on generated data.
 
 Convert a random ResNet-50 -> Faster R-CNN on VOC (killed after its first checkpoint, then
-resumed) -> PascalVOCDetectionEvaluator -> result.json; the checkpoint reloads and evaluates to
-the same AP; Mask R-CNN on COCO -> COCOEvaluator. Test splits are cut to a few images (the
-evaluation dominates a CPU run); everything else is the generated data as is.
+resumed: the same weights as an uninterrupted run) -> PascalVOCDetectionEvaluator -> result.json;
+the checkpoint reloads and evaluates to the same AP; Mask R-CNN on COCO -> COCOEvaluator. Run
+folders, model files and options that must be refused are refused before anything is written.
+Test splits are cut to a few images (the evaluation dominates a CPU run); everything else is the
+generated data as is.
 """
+import contextlib
 import json
 import math
 import os
@@ -21,6 +24,7 @@ import yaml
 from bt_transfer.detection import protocol, runner as transfer, trainer as train_net
 from bt_transfer.core.fileio import sha256_file, sha256_json
 from bt_transfer.core.records import METRIC_KEYS, load_result
+from bt_transfer.core.rundir import claim
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO's object-size ranges
 TEST_OPTS = ("SOLVER.MAX_ITER", "2")  # on top of --smoke
@@ -108,7 +112,8 @@ def kill_after_first_checkpoint(argv, folder, log, timeout=300):
             assert time.monotonic() < deadline, f"no checkpoint of iteration 0 in {timeout} s"
             time.sleep(0.05)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the group is gone if the run stopped by itself
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
@@ -117,7 +122,7 @@ def voc_run(weights, voc_root, tmp_path_factory):
     """One VOC run, killed after its first checkpoint and resumed by rerunning the same command."""
     out = tmp_path_factory.mktemp("transfer-voc")
     argv = transfer_args("voc", weights, voc_root, out, "SOLVER.CHECKPOINT_PERIOD", "1")
-    kill_after_first_checkpoint(argv, out / "seed1", out / "killed-run.log")
+    kill_after_first_checkpoint(argv, out / "seed1", tmp_path_factory.mktemp("logs") / "killed-run.log")
     assert not (out / "seed1" / "result.json").exists()
     transfer.main(argv)
     return argv, out / "seed1"
@@ -143,6 +148,8 @@ def test_voc_result_record(voc_run, weights):
         assert expected in deviations
     assert deviations[-1] == ("not the benchmark's data: voc_2007_trainval 60 images (real: 5011), "
                               "voc_2012_trainval 60 images (real: 11540), voc_2007_test 6 images (real: 4952)")
+    assert record["protocol"]["notes"] == [
+        "one process: plain BN instead of SyncBN for MODEL.RESNETS.NORM (the same statistics over the same images)"]
 
 
 def test_voc_run_resumed_from_its_last_checkpoint(voc_run):
@@ -158,6 +165,43 @@ def test_voc_run_resumed_from_its_last_checkpoint(voc_run):
     assert training[0]["memory_gb"] > 0
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_voc_run(voc_run, tmp_path_factory):
+    """The same run as ``voc_run``, never interrupted."""
+    argv, _ = voc_run
+    out = tmp_path_factory.mktemp("transfer-voc-uninterrupted")
+    transfer.main([*argv[:argv.index("--out") + 1], str(out), *argv[argv.index("--out") + 2:]])
+    return out / "seed1"
+
+
+def _tensors(obj, prefix=""):
+    """{path: tensor} of every tensor in a nested checkpoint, and {path: value} of everything else."""
+    import torch
+
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in _tensors(value, f"{prefix}{key}/").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, value in enumerate(obj) for k, v in _tensors(value, f"{prefix}{i}/").items()}
+    return {prefix: obj.clone() if isinstance(obj, torch.Tensor) else obj}
+
+
+def test_a_run_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(voc_run, uninterrupted_voc_run):
+    """Bit-exact on CPU with 0 workers: the optimizer state, the data stream and the random states carry over."""
+    import torch
+
+    _, folder = voc_run
+    resumed = torch.load(folder / "model_final.pth", map_location="cpu", weights_only=True)
+    uninterrupted = torch.load(uninterrupted_voc_run / "model_final.pth", map_location="cpu", weights_only=True)
+    assert set(resumed["trainer"]) >= {"_trainer", "processes"}  # SGD momentum, stream positions, RNG states
+    resumed, uninterrupted = _tensors(resumed), _tensors(uninterrupted)
+    assert resumed.keys() == uninterrupted.keys()
+    differing = [key for key, value in resumed.items()
+                 if not (torch.equal(value, uninterrupted[key]) if isinstance(value, torch.Tensor)
+                         else value == uninterrupted[key])]
+    assert differing == []
+    assert load_result(folder / "result.json")["metrics"] == load_result(uninterrupted_voc_run / "result.json")["metrics"]
+
+
 def test_checkpoint_reloads_strictly_with_the_trained_weights(voc_run):
     import pickle
 
@@ -170,7 +214,10 @@ def test_checkpoint_reloads_strictly_with_the_trained_weights(voc_run):
     cfg = protocol.resolve_config(protocol.CONFIGS["voc"], ["MODEL.DEVICE", "cpu"], world_size=1).cfg
     model = build_model(cfg)
     model.load_state_dict(checkpoint["model"], strict=True)  # every tensor, nothing left over
-    with open(folder.parent / "backbone.pkl", "rb") as f:
+    converted_path = Path(load_result(folder / "result.json")["extra"]["converted_weights"])
+    assert converted_path.parent == folder.parent and converted_path.name.startswith("backbone-")
+    assert converted_path.name == f"backbone-{sha256_file(converted_path)[:12]}.pkl"  # named by its content
+    with open(converted_path, "rb") as f:
         converted = pickle.load(f)["model"]
     trained = model.backbone.res2[0].conv1.weight.detach().numpy()
     assert trained.shape == converted["res2.0.conv1.weight"].shape
@@ -197,10 +244,149 @@ def test_finished_seed_is_skipped(voc_run, capsys):
     assert (folder / "result.json").stat().st_mtime_ns == before
 
 
-def test_finished_seed_of_another_config_is_refused(voc_run):
+def _listing(folder):
+    """Every file under ``folder`` with its modification time, but the lock (which a refused run opens too)."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.name != ".lock"}
+
+
+def test_another_config_into_a_run_folder_is_refused_before_anything_is_written(voc_run):
     argv, folder = voc_run
-    with pytest.raises(SystemExit, match="holds a finished run of other weights or another config"):
+    before = _listing(folder.parent)
+    with pytest.raises(SystemExit, match=r"holds another transfer-voc run: .*\(SOLVER.BASE_LR 0.0125 -> 0.5\); "
+                                         r".*\(with make: OUT=runs/transfer-voc-resnet50, or --out "):
         transfer.main([*argv, "SOLVER.BASE_LR", "0.5"])
+    assert _listing(folder.parent) == before
+
+
+def test_other_weights_into_a_run_folder_never_replace_its_weights(voc_run, weights, tmp_path):
+    """The second run's weights were converted over the first run's before the folder was checked."""
+    import torch
+
+    argv, folder = voc_run
+    state = torch.load(weights, weights_only=True)
+    state["conv1.weight"] += 1
+    other = tmp_path / "other.pth"
+    torch.save(state, other)
+    before = _listing(folder.parent)
+    with pytest.raises(SystemExit, match=r"holds another transfer-voc run: .*\(weights_sha256 '[0-9a-f]{64}' -> "
+                                         rf"'{sha256_file(other)}'\).*OUT=runs/transfer-voc-other"):
+        transfer.main([*argv[:argv.index("--weights") + 1], str(other), *argv[argv.index("--weights") + 2:]])
+    assert _listing(folder.parent) == before
+
+
+def test_a_busy_run_folder_is_refused_naming_its_holder(weights, voc_root, tmp_path):
+    out = tmp_path / "out"
+    with claim(out, "transfer-voc", {"task": "voc"}):  # a run in progress (the lock is per open file)
+        with pytest.raises(SystemExit, match=rf"{out} is in use by another run \(pid {os.getpid()} on .*OUT="):
+            transfer.main(transfer_args("voc", weights, voc_root, out))
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "run.json"]
+
+
+def _children(pid):
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_kill_9_of_transfer_takes_its_training_process_with_it(weights, voc_root, tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "bt_transfer.transfer",
+                                *transfer_args("voc", weights, voc_root, tmp_path / "out")],
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (children := _children(process.pid)):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 30
+        while _alive(children[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(children[0]), "train_net outlived its transfer process"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _code_pickle(path, marker):
+    import pickle
+
+    path.write_bytes(pickle.dumps({"model": _RunsCode(marker), "__author__": "x"}))
+    return path
+
+
+def _train_net(output_dir, *args):
+    train_net.cli(["--config-file", str(protocol.CONFIGS["voc"]), "--num-gpus", "0", *args,
+                   *protocol.SMOKE_OPTS, *TEST_OPTS, "OUTPUT_DIR", str(output_dir)])
+
+
+def test_eval_only_refuses_a_pickle_that_would_run_code(tmp_path):
+    marker = tmp_path / "ran"
+    evil = _code_pickle(tmp_path / "x.pkl", marker)
+    with pytest.raises(SystemExit, match=rf"error: {evil}: refused: it would import and call (posix|os)\.system"):
+        _train_net(tmp_path / "out", "--eval-only", "MODEL.WEIGHTS", str(evil))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("initial", ["weights", "last_checkpoint"])
+def test_training_refuses_a_pickle_that_would_run_code(initial, voc_root, tmp_path, monkeypatch):
+    """As the weights to start from, or as the checkpoint that ``--resume`` follows."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(voc_root))
+    marker, out = tmp_path / "ran", tmp_path / "out"
+    out.mkdir()
+    evil = _code_pickle(out / "model_0000009.pkl", marker)
+    (out / "last_checkpoint").write_text(evil.name)
+    weights = evil if initial == "weights" else tmp_path / "unused.pkl"
+    with pytest.raises(SystemExit, match=rf"error: {evil}: refused: it would import and call (posix|os)\.system"):
+        _train_net(out, *["--resume"] * (initial == "last_checkpoint"), "MODEL.WEIGHTS", str(weights))
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_checkpoint_outside_its_run_folder(voc_run, voc_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(voc_root))
+    _, folder = voc_run
+    (tmp_path / "last_checkpoint").write_text(str(folder / "model_final.pth"))
+    with pytest.raises(SystemExit, match=rf"last_checkpoint names {folder / 'model_final.pth'}, outside its run "
+                                         "folder; a run resumes only from its own checkpoints"):
+        _train_net(tmp_path, "--resume")
+
+
+def test_resume_refuses_a_checkpoint_without_the_run_state(voc_run, voc_root, tmp_path, monkeypatch):
+    """A checkpoint of Detectron2's own trainer (no optimizer, data positions or random states) would resume
+    another run than the one it interrupted."""
+    import torch
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(voc_root))
+    _, folder = voc_run
+    checkpoint = torch.load(folder / "model_0000000.pth", weights_only=True)
+    torch.save({"model": checkpoint["model"], "trainer": {"iteration": 0}}, tmp_path / "model_0000000.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000000.pth")
+    with pytest.raises(SystemExit, match=r"model_0000000.pth: holds no optimizer state, data positions or random"):
+        _train_net(tmp_path, "--resume")
 
 
 def test_missing_dataset_stops_before_training(weights, tmp_path):
@@ -224,7 +410,7 @@ def test_weights_the_converter_rejects_stop_before_training(voc_root, tmp_path):
     resnet18 = random_resnet50(tmp_path / "resnet18.pth", arch="resnet18")
     with pytest.raises(SystemExit, match="weights rejected by the converter: .*resnet18.pth"):
         transfer.main(transfer_args("voc", resnet18, voc_root, out))
-    assert not (out / "seed1").exists() and not (out / "backbone.pkl").exists()
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")
@@ -259,4 +445,30 @@ def test_coco_test_set_without_large_objects_stops_before_training(weights, coco
 def test_bad_override_stops_before_training(weights, voc_root, tmp_path):
     with pytest.raises(SystemExit, match="SOLVER.NO_SUCH_KEY"):
         transfer.main(transfer_args("voc", weights, voc_root, tmp_path / "out", "SOLVER.NO_SUCH_KEY", "1"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, opts, message", [
+    ((), ("SOLVER.BASE_LR", "-0.1", "SOLVER.MAX_ITER", "0"),
+     "SOLVER.MAX_ITER = 0 (expected a positive whole number); SOLVER.BASE_LR = -0.1 (expected a finite positive"),
+    ((), ("SOLVER.STEPS", "(5,)"), "SOLVER.STEPS = (5,) (expected steps below SOLVER.MAX_ITER 2;"),
+    (("--seeds", "-1"), (), "--seeds -1: expected seeds of 0 or more"),
+    (("--num-gpus", "-1"), (), "--num-gpus -1: expected 0 (CPU) or more"),
+    (("--machine-rank", "1"), (), "--machine-rank 1: expected 0 to --num-machines - 1 (0)"),
+], ids=["lr-and-iterations", "steps", "seed", "gpus", "machine-rank"])
+def test_values_no_run_can_use_are_named_before_anything_is_written(flags, opts, message, weights, voc_root, tmp_path):
+    argv = transfer_args("voc", weights, voc_root, tmp_path / "out", *opts)
+    at = argv.index("--opts")  # the flags go before the trailing overrides, and replace the earlier ones
+    with pytest.raises(SystemExit) as stop:
+        transfer.main([*argv[:at], *flags, *argv[at:]])
+    assert message in str(stop.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_value_prints_one_line_not_a_traceback(weights, voc_root, tmp_path):
+    argv = transfer_args("voc", weights, voc_root, tmp_path / "out", "SOLVER.IMS_PER_BATCH", "0")
+    done = subprocess.run([sys.executable, "-m", "bt_transfer.transfer", *argv], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: config values no run can train with: SOLVER.IMS_PER_BATCH = 0 (expected a positive whole number)"]
     assert not (tmp_path / "out").exists()

@@ -38,7 +38,8 @@ def build_parser():
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="which tasks (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="detection seeds")
     parser.add_argument("--coco-seeds", type=int, nargs="+", help="COCO seeds (default: --seeds)")
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs per stage (0: CPU)")
+    parser.add_argument("--gpus", "--gpus-per-node", type=int, default=1, dest="gpus",
+                        help="GPUs of one machine each stage uses (0: CPU); on SLURM, GPUs per job")
     parser.add_argument("--data", type=Path, default=Path("datasets/imagenet"),
                         help="ImageNet root with train/ and val/ (default: datasets/imagenet)")
     parser.add_argument("--datasets-root", type=Path, help="detection datasets root (default: $DETECTRON2_DATASETS)")
@@ -57,6 +58,7 @@ def build_parser():
     slurm.add_argument("--timeout-min", type=int, default=72 * 60, help="time limit of one job; requeued after it")
     slurm.add_argument("--max-requeues", type=int, default=20, help="requeues on timeout (preemptions do not count)")
     slurm.add_argument("--cpus-per-gpu", type=int, default=10, help="CPU cores per GPU (data-loading workers)")
+    slurm.add_argument("--mem-gb", type=int, help="memory per job in GB (default: the partition's)")
     slurm.add_argument("--slurm-param", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch parameter, e.g. constraint=volta32gb (repeatable)")
     return parser
@@ -67,8 +69,8 @@ def resolve(args):
     unknown = [task for task, _ in args.stage_args if task not in TASKS]
     if unknown:
         raise UserError(f"--stage-args {unknown[0]}=...: unknown task; expected one of {', '.join(TASKS)}")
-    for name in ("gpus", "timeout_min", "cpus_per_gpu", "max_requeues"):
-        if getattr(args, name) < 0:
+    for name in ("gpus", "timeout_min", "cpus_per_gpu", "max_requeues", "mem_gb"):
+        if (getattr(args, name) or 0) < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     if not args.weights.is_file():
         raise UserError(f"--weights {args.weights}: no such file")
@@ -81,7 +83,8 @@ def resolve(args):
                 datasets_root=args.datasets_root, subset_files={1: args.subset_file_1, 10: args.subset_file_10},
                 stage_args=stage_args, executor=None if args.executor == "slurm" else "local",
                 partition=args.partition, account=args.account, qos=args.qos, timeout_min=args.timeout_min,
-                max_requeues=args.max_requeues, cpus_per_gpu=args.cpus_per_gpu, slurm_params=dict(args.slurm_param))
+                max_requeues=args.max_requeues, cpus_per_gpu=args.cpus_per_gpu, mem_gb=args.mem_gb,
+                slurm_params=dict(args.slurm_param))
 
 
 def check_weights(options):

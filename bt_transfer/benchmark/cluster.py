@@ -66,6 +66,7 @@ def make_executor(out, options):
                                      slurm_max_num_timeout=options["max_requeues"])
     slurm = {key: options[key] for key in ("partition", "account", "qos") if options.get(key)}
     executor.update_parameters(timeout_min=options["timeout_min"], nodes=1, tasks_per_node=1,
+                               **({"mem_gb": options["mem_gb"]} if options.get("mem_gb") else {}),
                                **{f"slurm_{key}": value for key, value in slurm.items()})
     return executor
 

@@ -88,7 +88,8 @@ def detection_estimate(task):
 def build_stages(options, per_seed=False):
     """Every stage of a benchmark, in order, the report last. ``options`` holds plain values: weights, label,
     fmt, out, tasks, seeds, coco_seeds, gpus, data, datasets_root, subset_files {1: path, 10: path},
-    stage_args {task: [args]}. ``per_seed`` splits each detection task into one stage per seed (SLURM)."""
+    stage_args {task: [args]}. ``per_seed`` splits each detection task into one stage per seed, each in its own
+    folder (``OUT/voc-seed3``), to run in parallel (SLURM)."""
     out, gpus = Path(options["out"]), options["gpus"]
     common = ["--weights", str(options["weights"]), "--label", options["label"], "--format", options["fmt"]]
     stages = []
@@ -99,6 +100,8 @@ def build_stages(options, per_seed=False):
             seeds = options["coco_seeds"] if task == "coco" else options["seeds"]
             groups = [(f"{task}-seed{seed}", (seed,)) for seed in seeds] if per_seed else [(task, tuple(seeds))]
             for name, group in groups:
+                # A transfer run holds its folder while it trains: seeds trained in parallel each need their own.
+                folder = out / name
                 args = [task, *common, "--seeds", *map(str, group), "--num-gpus", str(gpus), "--out", str(folder)]
                 if options.get("datasets_root"):
                     args += ["--datasets-root", str(options["datasets_root"])]

@@ -31,11 +31,10 @@ _BEFORE_THE_OPTIONS = {"grad_scaling": lambda args: "official" if args.get("offi
 
 # torchvision's IMAGENET1K_V1 ResNet-50 (torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url), the supervised
 # weights of the MoCo detection protocol and so of the paper's "Sup." row. torchvision publishes the first 8 hex
-# digits of the file's sha256 in its name (torch.hub checks them on download); the full digest below is the one
-# that projects pinning this file record for it (102,530,333 bytes). It could not be recomputed here (no access
-# to download.pytorch.org); tests check that it begins with torchvision's published prefix.
+# digits of the file's sha256 in its name and torch.hub checks exactly those on download: the file is recognised
+# the same way (the full digest could not be computed here, without access to download.pytorch.org).
 TORCHVISION_V1_FILE = "resnet50-0676ba61.pth"
-TORCHVISION_V1_SHA256 = "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a"
+TORCHVISION_V1_SHA256_PREFIX = "0676ba61"
 # Other supervised files a user is likely to pass, by the sha256 prefix torchvision publishes in their names.
 _KNOWN_SUPERVISED = {"11ad3fa6": "torchvision's IMAGENET1K_V2 weights (resnet50-11ad3fa6.pth)"}
 # The converter's name for a torchvision state dict with its fc classifier: what supervised ImageNet weights are.
@@ -95,9 +94,9 @@ def supervised_weights_deviations(weights_format, weights_sha256):
     """For supervised weights (the converter's ``torchvision`` layout: a state dict with its fc classifier), one
     deviation unless they are torchvision's IMAGENET1K_V1 ResNet-50, the weights of the paper's "Sup." row;
     nothing for any other layout."""
-    if weights_format != SUPERVISED_FORMAT or weights_sha256 == TORCHVISION_V1_SHA256:
+    if weights_format != SUPERVISED_FORMAT or weights_sha256.startswith(TORCHVISION_V1_SHA256_PREFIX):
         return []
     known = _KNOWN_SUPERVISED.get(weights_sha256[:8])
     which = f"{known}, sha256 {weights_sha256}" if known else f"sha256 {weights_sha256}"
     return [f"supervised weights ({which}) are not torchvision's IMAGENET1K_V1 ResNet-50 ({TORCHVISION_V1_FILE}, "
-            f"sha256 {TORCHVISION_V1_SHA256}), which the paper's Sup. row used (MoCo protocol)"]
+            f"sha256 {TORCHVISION_V1_SHA256_PREFIX}...), which the paper's Sup. row used (MoCo protocol)"]

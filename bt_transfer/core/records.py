@@ -6,17 +6,25 @@ torch or Detectron2 to read results.
 Record fields (``SCHEMA_VERSION`` 1):
   schema        int, SCHEMA_VERSION
   task          one of TASKS
-  metrics       flat {name: float}; names per task in METRIC_KEYS (extra names are kept)
+  metrics       flat {name: finite number}; names per task in METRIC_KEYS (extra names are kept); linear and
+                semi-supervised runs (BEST_TASKS) add <name>_best, the best epoch's (absent in older records)
   seed          int
-  weights       {"path": str, "sha256": str, "label": str}  (label: how the report names the backbone)
-  protocol      {"full": bool, "deviations": [str, ...]}     (full is True only when deviations is empty)
-  config        the resolved config / arguments of the run (any JSON)
-  config_sha256 sha256 of ``config`` (see fileio.sha256_json)
+  weights       {"path": str, "sha256": 64 hex digits, "label": str, "format": str (optional: the
+                checkpoint layout it was read as; absent in older records)}  (label: how the report names it)
+  protocol      {"full": bool, "deviations": [str, ...], "notes": [str, ...]}
+                (full is True only when deviations is empty; notes, absent when there are none (and in
+                records written before they existed), say what differs from the paper's set-up without
+                departing from its protocol, e.g. 16 images on one GPU instead of 2 on each of 8)
+  config        object, the resolved config / arguments of the run; for the tasks in PROTOCOL_VARIANTS the
+                keys named there, when present, are strings
+  config_sha256 sha256 of ``config`` (see fileio.sha256_json), 64 hex digits
   code_version  git describe of this repository, or the package version outside a checkout
-  world_size    int, number of processes the run used
-  extra         optional dict for task-specific facts (e.g. the semi-supervised subset source)
+  world_size    int >= 1, number of processes the run used
+  extra         optional object for task-specific facts (e.g. the semi-supervised subset source)
 """
 import json
+import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -36,6 +44,17 @@ METRIC_KEYS = {
     "semisup-1": ("top1", "top5"),
     "semisup-10": ("top1", "top5"),
 }
+# Settings of a run's config that choose between variants of one task's protocol, with the default variant's
+# value (what a record without the key ran). Runs of different variants are never aggregated together.
+PROTOCOL_VARIANTS = {
+    "linear": {"schedule": "cosine"},
+    "semisup-1": {"schedule": "cosine"},
+    "semisup-10": {"schedule": "cosine"},
+}
+# Linear and semi-supervised runs record the last epoch's accuracy under the METRIC_KEYS names and the best
+# epoch's (what the official evaluate.py prints) under the same names with BEST_SUFFIX.
+BEST_TASKS = ("linear", "semisup-1", "semisup-10")
+BEST_SUFFIX = "_best"
 REQUIRED = ("schema", "task", "metrics", "seed", "weights", "protocol", "config", "config_sha256",
             "code_version", "world_size")
 
@@ -57,10 +76,11 @@ def code_version():
         return __version__
 
 
-def make_record(task, metrics, seed, weights, config, world_size, deviations=(), extra=None):
+def make_record(task, metrics, seed, weights, config, world_size, deviations=(), extra=None, notes=()):
     """Build and validate a record. ``weights`` is {"path", "sha256", "label"}; ``deviations`` lists
     every way this run departs from the paper's protocol, in words (empty for a full-protocol run),
-    those of the backbone's pretraining included (``bt_transfer.core.provenance``)."""
+    those of the backbone's pretraining included (``bt_transfer.core.provenance``); ``notes`` what
+    differs without departing from it."""
     deviations = list(deviations)
     record = {
         "schema": SCHEMA_VERSION,
@@ -68,7 +88,7 @@ def make_record(task, metrics, seed, weights, config, world_size, deviations=(),
         "metrics": {k: float(v) for k, v in metrics.items()},
         "seed": int(seed),
         "weights": dict(weights),
-        "protocol": {"full": not deviations, "deviations": deviations},
+        "protocol": {"full": not deviations, "deviations": deviations, **({"notes": list(notes)} if notes else {})},
         "config": config,
         "config_sha256": sha256_json(config),
         "code_version": code_version(),
@@ -88,45 +108,111 @@ def write_result(run_dir, record):
     return path
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_sha256(value):
+    return isinstance(value, str) and re.fullmatch("[0-9a-f]{64}", value) is not None
+
+
+def _shown(value):
+    """A value for a message: its repr, cut short, with its JSON type."""
+    text = repr(value)
+    return f"{text[:60]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
+
+
 def validate(record, source):
+    """``record`` if it follows the schema (the module docstring), checked field by field with types; otherwise
+    ResultError naming ``source``, the key and what was expected. Keys outside the schema are kept unchecked."""
     def fail(what):
         raise ResultError(f"{source}: {what}")
+
+    def expect(ok, key, expected, value):
+        if not ok:
+            fail(f"key '{key}' is {_shown(value)}, expected {expected}")
 
     if not isinstance(record, dict):
         fail(f"expected a JSON object, got {type(record).__name__}")
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         fail(f"missing key(s) {', '.join(missing)}")
-    if record["schema"] != SCHEMA_VERSION:
-        fail(f"key 'schema' is {record['schema']!r}, expected {SCHEMA_VERSION}")
-    if record["task"] not in TASKS:
-        fail(f"key 'task' is {record['task']!r}, expected one of {', '.join(TASKS)}")
+    expect(_is_int(record["schema"]) and record["schema"] == SCHEMA_VERSION, "schema", SCHEMA_VERSION,
+           record["schema"])
+    task = record["task"]
+    expect(isinstance(task, str) and task in TASKS, "task", f"one of {', '.join(TASKS)}", task)
     metrics = record["metrics"]
     if not isinstance(metrics, dict) or not metrics:
         fail("key 'metrics' is empty or not an object (the run finished without metrics?)")
-    absent = [k for k in METRIC_KEYS[record["task"]] if k not in metrics]
+    absent = [k for k in METRIC_KEYS[task] if k not in metrics]
     if absent:
-        fail(f"key 'metrics' lacks {', '.join(absent)} for task {record['task']!r}")
+        fail(f"key 'metrics' lacks {', '.join(absent)} for task {task!r}")
     for name, value in metrics.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-            fail(f"metric {name!r} is {value!r}, expected a finite number")
+        expect(_is_number(value), f"metrics.{name}", "a finite number", value)
+    expect(_is_int(record["seed"]), "seed", "an integer", record["seed"])
     weights = record["weights"]
-    if not isinstance(weights, dict) or not all(isinstance(weights.get(k), str) for k in ("path", "sha256", "label")):
-        fail("key 'weights' must be an object with string 'path', 'sha256' and 'label'")
+    expect(isinstance(weights, dict), "weights", "an object with 'path', 'sha256' and 'label'", weights)
+    for key in ("path", "sha256", "label"):
+        if key not in weights:
+            fail(f"key 'weights' lacks '{key}'")
+    expect(isinstance(weights["path"], str), "weights.path", "a string", weights["path"])
+    expect(_is_sha256(weights["sha256"]), "weights.sha256", "64 lowercase hex digits", weights["sha256"])
+    expect(isinstance(weights["label"], str), "weights.label", "a string", weights["label"])
+    if "format" in weights:
+        expect(isinstance(weights["format"], str) and weights["format"], "weights.format", "a non-empty string",
+               weights["format"])
     protocol = record["protocol"]
-    if not isinstance(protocol, dict) or not isinstance(protocol.get("deviations"), list):
-        fail("key 'protocol' must be an object with a list 'deviations'")
-    if protocol.get("full") != (not protocol["deviations"]):
+    expect(isinstance(protocol, dict) and "full" in protocol and "deviations" in protocol, "protocol",
+           "an object with 'full' and 'deviations'", protocol)
+    deviations = protocol["deviations"]
+    expect(isinstance(deviations, list), "protocol.deviations", "a list of strings", deviations)
+    for index, deviation in enumerate(deviations):
+        expect(isinstance(deviation, str), f"protocol.deviations[{index}]", "a string", deviation)
+    expect(isinstance(protocol["full"], bool), "protocol.full", "true or false", protocol["full"])
+    if protocol["full"] != (not deviations):
         fail("key 'protocol.full' must be true exactly when 'protocol.deviations' is empty")
+    notes = protocol.get("notes", [])
+    expect(isinstance(notes, list), "protocol.notes", "a list of non-empty strings", notes)
+    for index, note in enumerate(notes):
+        expect(isinstance(note, str) and note, f"protocol.notes[{index}]", "a non-empty string", note)
+    config = record["config"]
+    expect(isinstance(config, dict), "config", "an object", config)
+    for key in PROTOCOL_VARIANTS.get(task, {}):
+        if key in config:
+            expect(isinstance(config[key], str) and config[key], f"config.{key}", "a non-empty string", config[key])
+    expect(_is_sha256(record["config_sha256"]), "config_sha256", "64 lowercase hex digits", record["config_sha256"])
+    expect(isinstance(record["code_version"], str), "code_version", "a string", record["code_version"])
+    expect(_is_int(record["world_size"]) and record["world_size"] >= 1, "world_size", "a positive integer",
+           record["world_size"])
+    if "extra" in record:
+        expect(isinstance(record["extra"], dict), "extra", "an object", record["extra"])
     return record
+
+
+def protocol_variant(task, config):
+    """The settings of ``config`` (a run's config, or the arguments of a run that has not finished) that pick a
+    variant of ``task``'s protocol other than the default, as sorted ((key, value), ...); () for the default.
+    A config without the key (an older record) ran the default."""
+    defaults = PROTOCOL_VARIANTS.get(task, {})
+    config = config if isinstance(config, dict) else {}
+    chosen = {key: config.get(key, default) for key, default in defaults.items()}
+    return tuple(sorted((key, str(value)) for key, value in chosen.items() if value != defaults[key]))
 
 
 def load_result(path):
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ResultError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except json.JSONDecodeError as e:
         raise ResultError(f"{path}: not valid JSON ({e})") from e
+    except RecursionError:
+        raise ResultError(f"{path}: not valid JSON (nested too deeply)") from None
     return validate(record, path)
 
 

@@ -86,6 +86,8 @@ DATASETS = {
     "coco_2017_train": COCOSplit("coco/train2017", "coco/annotations/instances_train2017.json"),
     "coco_2017_val": COCOSplit("coco/val2017", "coco/annotations/instances_val2017.json"),
 }
+# The names the suite's configs evaluate on (detection_configs/, DATASETS.TEST).
+EVALUATED = ("voc_2007_test", "coco_2017_val")
 
 # Shown when a check fails: the standard layout of a datasets root, as Detectron2 reads it.
 EXPECTED_LAYOUT = """\

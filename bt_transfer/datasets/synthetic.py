@@ -320,10 +320,10 @@ def write_voc(root, year, splits, rng, size):
     return counts
 
 
-def write_coco(root, rng, size):
+def write_coco(root, rng, size, splits=COCO_SPLITS):
     """COCO 2017 layout: image folders and instances jsons with polygons for all objects."""
     counts, next_image, next_annotation = {}, 1, 1
-    for split, count in COCO_SPLITS.items():
+    for split, count in splits.items():
         images, annotations, queue = [], [], _ClassQueue(rng, len(COCO_USED_IDS))
         for index in range(count):
             # COCO reports AP for small, medium and large objects (area above 96^2 px in the

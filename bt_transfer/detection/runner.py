@@ -1,20 +1,38 @@
 """Detection transfer, one training per seed: ``python -m bt_transfer.transfer {voc,coco}``.
 
     python -m bt_transfer.transfer voc --weights resnet50.pth --seeds 1 2 3 4 5 --num-gpus 8 --out runs/transfer-voc
+    python -m bt_transfer.transfer voc --num-gpus 2 --images-per-gpu 4 --dry-run   # what that run would train
 
-Before any training the datasets are checked and the weights converted strictly. Then each seed trains
-in its own ``python -m bt_transfer.train_net`` process into ``OUT/seed<S>/`` and ends with ``result.json``:
-metrics, seed, weights, the resolved config and its hash, and every departure from the paper's protocol in
-words. A finished seed is skipped, an interrupted one resumes from its last checkpoint: rerun the same command
-after a crash.
+On 1, 2, 4 or 8 GPUs the run is the paper's protocol (batch 16, its LR and schedule, BN over all 16 images);
+--images-per-gpu accumulates micro-batches when 16/G images do not fit on a GPU, --schedule linear-scaling
+trades the batch for a scaled LR and schedule instead. --dry-run prints the resolved config, deviations and
+notes as JSON and exits, without GPUs, datasets or weights.
+
+Before anything is written the options, datasets and weights are checked and the weights converted strictly.
+Then the run claims OUT: a lock held while it runs, and ``run.json``, what makes its seeds comparable (task,
+weights, resolved config; not the seeds). A second run into a busy OUT, or into one holding another run, stops
+at once saying which. The converted weights go into OUT under a name made of their content
+(``backbone-<sha256[:12]>.pkl``). Each seed trains in its own ``python -m bt_transfer.train_net`` process
+(which dies with this one) into ``OUT/seed<S>/`` and ends with ``result.json``: metrics, seed, weights, the
+resolved config and its hash, and every departure from the paper's protocol in words. A finished seed is
+skipped, an interrupted one resumes exactly where its last checkpoint left it: rerun the same command after a
+crash, or with more seeds. On several machines, machine 0 decides each seed and the others verify.
 
 Supervised baseline (the paper's "Sup." row): pass torchvision's ImageNet ResNet-50 state dict
 (``resnet50-*.pth``, downloaded by you beforehand; nothing is fetched here) with ``--label Sup.``.
 """
 import argparse
+import contextlib
+import ctypes
+import functools
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -25,10 +43,20 @@ from bt_transfer.convert.resnet50 import ConversionError
 from bt_transfer.core.errors import UserError, command
 from bt_transfer.core.fileio import atomic_write, sha256_file, sha256_json
 from bt_transfer.core.progress import read_metrics
-from bt_transfer.core.provenance import pretraining_deviations, read_pretraining_args
+from bt_transfer.core.provenance import (
+    pretraining_deviations, pretraining_provenance, read_pretraining_args, supervised_weights_deviations,
+)
 from bt_transfer.core.records import METRIC_KEYS, RESULT_FILE, ResultError, load_result, make_record, write_result
-from bt_transfer.datasets.layout import check_datasets, check_size_ranges, dataset_deviations, use_datasets_root
-from bt_transfer.detection.protocol import CONFIGS, config_dict, processes, resolve_task
+from bt_transfer.core.rundir import RunFolderError, claim
+from bt_transfer.datasets.checks import check_contents
+from bt_transfer.datasets.layout import (
+    DatasetError, check_datasets, check_size_ranges, dataset_deviations, use_datasets_root,
+)
+from bt_transfer.detection.machines import MACHINES_DIR, machines_for
+from bt_transfer.detection.protocol import (
+    CONFIGS, add_schedule_arguments, config_dict, flat_config, processes, resolve_task, schedule_choice,
+)
+from bt_transfer.detection.solver import check_solver
 
 
 class TransferError(UserError, RuntimeError):
@@ -40,38 +68,112 @@ def parse_args(argv=None):
         prog="python -m bt_transfer.transfer", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=CONFIGS, help="voc: Faster R-CNN on VOC07+12; coco: Mask R-CNN on COCO 2017")
-    parser.add_argument("--weights", required=True, type=Path,
-                        help="ResNet-50 checkpoint (any format bt_transfer.convert reads) or a converted .pkl")
+    parser.add_argument("--weights", type=Path,
+                        help="ResNet-50 checkpoint (any format bt_transfer.convert reads) or a converted .pkl "
+                             "(required, except with --dry-run)")
     parser.add_argument("--format", default="auto", dest="fmt", choices=("auto", *FORMATS),
                         help="layout of --weights (default: auto; see python -m bt_transfer.convert --help)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one training per seed (default: 1)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder; seed S goes to OUT/seed<S>/")
+    parser.add_argument("--out", type=Path,
+                        help="output folder; seed S goes to OUT/seed<S>/ (required, except with --dry-run)")
     parser.add_argument("--label", help="how the report names these weights (default: the weights file name)")
-    parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine (0: CPU)")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="GPUs per machine (0: CPU); with --dry-run, the GPUs to plan for, on any machine")
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
     parser.add_argument("--dist-url", default="auto", help="rendezvous of a multi-machine run (tcp://HOST:PORT)")
-    parser.add_argument("--no-rescale", action="store_true", help="no linear scaling rule on fewer than 8 GPUs")
+    add_schedule_arguments(parser)
     parser.add_argument("--datasets-root", type=Path,
                         help="datasets root (default: $DETECTRON2_DATASETS, else ./datasets)")
     parser.add_argument("--smoke", action="store_true",
-                        help="CPU-sized run (small images and ROI batch, 4 iterations); recorded as deviations")
+                        help="CPU-sized run (small images and ROI batch, 4 iterations, 2 images per process under "
+                             "the linear scaling rule unless --schedule protocol); recorded as deviations")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved Detectron2 config, the deviations and the notes as JSON and exit: "
+                             "nothing is trained or written, no GPU is needed, the datasets' deviations are listed "
+                             "when the datasets are there")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="trailing Detectron2 KEY VALUE overrides")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    missing = [option for option, value in (("--weights", args.weights), ("--out", args.out)) if value is None]
+    if missing and not args.dry_run:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (except with --dry-run)")
+    return args
 
 
-def prepare_weights(weights, out, fmt="auto"):
-    """(the converted weights to train from: ``out/backbone.pkl`` or a given ``.pkl``, the checkpoint's layout)."""
+def check_numbers(args):
+    """Refuse command-line numbers no run can use, naming the option."""
+    problems = [f"{option} {value}: expected {what}" for option, value, ok, what in (
+        ("--num-gpus", args.num_gpus, args.num_gpus >= 0, "0 (CPU) or more"),
+        ("--num-machines", args.num_machines, args.num_machines >= 1, "1 or more"),
+        ("--machine-rank", args.machine_rank, 0 <= args.machine_rank < max(args.num_machines, 1),
+         f"0 to --num-machines - 1 ({args.num_machines - 1})"),
+    ) if not ok]
+    negative = [seed for seed in args.seeds if seed < 0]
+    if negative:  # Detectron2 would draw a fresh random seed: the run could not be repeated
+        problems.append(f"--seeds {' '.join(map(str, negative))}: expected seeds of 0 or more")
+    if len(set(args.seeds)) != len(args.seeds):
+        problems.append(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice")
+    if problems:
+        raise TransferError("; ".join(problems))
+
+
+def converted_weights(weights, scratch, fmt="auto"):
+    """(the Detectron2 weights to train from, made before OUT is touched: a given ``.pkl`` as it is, anything
+    else converted strictly into the folder ``scratch``; the checkpoint's layout)."""
     if not weights.is_file():
         raise TransferError(f"weights {weights}: no such file")
     if weights.suffix == ".pkl":
-        return weights.resolve(), "detectron2"
+        return weights, "detectron2"
     try:
-        summary = convert_file(weights, out / "backbone.pkl", fmt)
+        summary = convert_file(weights, scratch / "backbone.pkl", fmt)
     except ConversionError as e:
         raise TransferError(f"weights rejected by the converter: {e}") from None
-    print(f"converted {weights} ({summary['format']}): {summary['tensors_converted']} tensors -> {summary['output']}")
-    return Path(summary["output"]).resolve(), summary["format"]
+    print(f"converted {weights} ({summary['format']}): {summary['tensors_converted']} tensors")
+    return scratch / "backbone.pkl", summary["format"]
+
+
+def content_name(weights_pkl):
+    """The file name converted weights have in OUT: made of their content, so no run replaces another's."""
+    return f"backbone-{sha256_file(weights_pkl)[:12]}.pkl"
+
+
+def place_weights(weights_pkl, out):
+    """Copy ``weights_pkl`` into ``out`` under its ``content_name`` (atomically; kept if already there) and
+    check that the file there holds what its name says."""
+    target = out / content_name(weights_pkl)
+    if not target.is_file():
+        with open(weights_pkl, "rb") as source, atomic_write(target, "wb") as copy:
+            shutil.copyfileobj(source, copy)
+    if content_name(target) != target.name:
+        raise TransferError(f"{target}: its content does not match its name (changed while copied, or edited); "
+                            "delete it and rerun")
+    return target
+
+
+# Where each seed writes, what it starts from and its seed: not what makes two runs comparable.
+PER_SEED_KEYS = ("OUTPUT_DIR", "SEED", "MODEL.WEIGHTS")
+
+
+def run_identity(task, weights_sha, resolved):
+    """What makes the seeds of a run comparable, as ``run.json`` records it: the task, the weights' content,
+    the process count and the resolved config without its per-seed keys. More seeds continue the same run."""
+    config = {key: value for key, value in flat_config(resolved.cfg).items() if key not in PER_SEED_KEYS}
+    return {"task": task, "weights_sha256": weights_sha, "world_size": resolved.world_size, **config}
+
+
+@contextlib.contextmanager
+def holding_out(args, identity):
+    """Machine 0 claims OUT for this run (``bt_transfer.core.rundir.claim``); the other machines hold nothing
+    (they check machine 0's decisions instead)."""
+    if args.machine_rank != 0:
+        yield
+        return
+    try:
+        with claim(args.out, f"transfer-{args.task}", identity, may_exist=(MACHINES_DIR,)):
+            yield
+    except RunFolderError as e:
+        own = f"runs/transfer-{args.task}-{args.weights.stem}"
+        raise TransferError(f"{e} (with make: OUT={own}, or --out {own})") from None
 
 
 def finished_record(result_path, config, weights_sha):
@@ -132,58 +234,158 @@ def train_net_command(args, config_file, resume):
             "--machine-rank", str(args.machine_rank), "--dist-url", args.dist_url, *["--resume"] * resume]
 
 
-def run_seed(args, seed, resolved, weights_pkl, weights, deviations, datasets_root):
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PRCTL = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform.startswith("linux") else None
+
+
+def _die_with(parent):
+    """In the child, between fork and exec: the kernel kills it when ``parent`` dies, even by ``kill -9``."""
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def dying_with_this_process():
+    """``preexec_fn`` that ties a child's life to this process (Linux; elsewhere None: the child may outlive it)."""
+    return functools.partial(_die_with, os.getpid()) if _PRCTL is not None else None
+
+
+def seed_view(folder, config, weights_sha, identity, weights_pkl):
+    """What this machine sees of one seed: the run, the converted weights, and what to do (skip when finished,
+    resume from the checkpoint named in ``last_checkpoint``, else train); raises TransferError when the folder
+    holds another run's seed."""
+    finished = finished_record(folder / RESULT_FILE, config, weights_sha) is not None
+    if not finished:
+        check_resumable(folder, config)
+    last = folder / "last_checkpoint"
+    checkpoint = last.read_text().strip() if not finished and last.is_file() else None
+    return {**identity, "converted weights": weights_pkl.name if weights_pkl.is_file() else "missing",
+            "action": "skip" if finished else "resume" if checkpoint else "train", "checkpoint": checkpoint}
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every seed of a run shares, once checked."""
+
+    args: argparse.Namespace
+    resolved: object  # protocol.ResolvedConfig
+    weights: dict  # path, sha256 and label of the given weights, as records hold them
+    weights_pkl: Path  # the converted weights in OUT
+    identity: dict  # run_identity
+    deviations: list
+    pretraining: dict | None  # provenance of our own pretraining behind the weights (None: not ours)
+    datasets_root: Path
+    machines: object  # machines.Alone, Lead or Follower
+    scratch: Path  # this machine's own temporary folder
+
+
+def run_seed(run, seed):
+    args, resolved, weights, weights_pkl = run.args, run.resolved, run.weights, run.weights_pkl
     folder = args.out / f"seed{seed}"
     cfg = seed_config(resolved, seed, folder, weights_pkl)
     config = config_dict(cfg)
-    if finished_record(folder / RESULT_FILE, config, weights["sha256"]) is not None:
+    try:
+        view = seed_view(folder, config, weights["sha256"], run.identity, weights_pkl)
+    except TransferError as e:
+        view = {"error": str(e)}
+    action = run.machines.agree(seed, view)["action"]  # raises on every machine unless they all see the same
+    if action == "skip":
         print(f"seed {seed}: finished already ({folder / RESULT_FILE}), skipped")
         return
-    check_resumable(folder, config)
-    resume = (folder / "last_checkpoint").is_file()
+    resume = action == "resume"
     print(f"seed {seed}: {'resuming' if resume else 'training'} in {folder}", flush=True)
-    # What the child runs is exactly what was resolved here (and what Detectron2 then writes back unchanged).
-    with atomic_write(folder / "config.yaml") as f:
+    # What the child runs is exactly what was resolved here (and what Detectron2 then writes back unchanged);
+    # on other machines than 0 into a file of their own, outside OUT.
+    config_file = folder / "config.yaml" if args.machine_rank == 0 else run.scratch / f"seed{seed}.yaml"
+    with atomic_write(config_file) as f:
         f.write(cfg.dump())
-    env = {**os.environ, "DETECTRON2_DATASETS": str(datasets_root)}
-    if subprocess.run(train_net_command(args, folder / "config.yaml", resume), env=env).returncode != 0:
+    env = {**os.environ, "DETECTRON2_DATASETS": str(run.datasets_root)}
+    child = subprocess.run(train_net_command(args, config_file, resume), env=env,
+                           preexec_fn=dying_with_this_process())
+    if child.returncode != 0:
         raise TransferError(f"seed {seed} failed: see {folder / 'log.txt'}; rerun the same command to resume it")
     if args.machine_rank != 0:
         return
     record = make_record(
         args.task, final_metrics(folder, args.task), seed, weights, config, resolved.world_size,
-        deviations=deviations,
-        extra={"datasets_root": str(datasets_root), "resumed": resume, "converted_weights": str(weights_pkl)},
+        deviations=run.deviations, notes=resolved.notes,
+        extra={"datasets_root": str(run.datasets_root), "resumed": resume, "converted_weights": str(weights_pkl),
+               **({"pretraining": run.pretraining} if run.pretraining else {})},
     )
     print(f"seed {seed}: {write_result(folder, record)}")
 
 
-def run(args):
-    """Check the datasets, convert the weights, then train and record each seed.
+def resolve(args, cuda=None):
+    """The run's resolved config, for this machine (``cuda`` None) or planned for GPUs (``cuda=True``)."""
+    world_size, cpu = processes(args.num_gpus, args.num_machines, cuda)
+    try:
+        return resolve_task(args.task, world_size, smoke=args.smoke, opts=args.opts, cpu=cpu, **schedule_choice(args))
+    except (AssertionError, KeyError, ValueError) as e:  # yacs: unknown key, wrong type; the batch split
+        raise TransferError(f"config {CONFIGS[args.task].name} with these options: {e}") from None
 
-    Raises TransferError (or a DatasetError) before any training on a missing dataset, missing weights or
-    weights the converter rejects.
+
+def dry_run(args):
+    """The resolved run as JSON-able data: config, deviations, notes. Reads, never writes; needs no GPU.
+
+    Dataset deviations are included when the datasets are there, the pretraining's when ``--weights`` has
+    its pretraining record beside it.
     """
+    resolved = resolve(args, cuda=args.num_gpus > 0)
+    root = use_datasets_root(args.datasets_root)
+    names = list(dict.fromkeys(resolved.cfg.DATASETS.TRAIN + resolved.cfg.DATASETS.TEST))
+    try:
+        check_datasets(names)
+        datasets = dataset_deviations(names)
+        found = True
+    except DatasetError:
+        datasets, found = [], False
+    pretraining = pretraining_deviations(read_pretraining_args(args.weights)) if args.weights else []
+    return {
+        "task": args.task, "world_size": resolved.world_size,
+        "datasets": {"root": str(root), "found": found},
+        "config": config_dict(resolved.cfg),
+        "deviations": [*resolved.deviations, *datasets, *pretraining],
+        "notes": list(resolved.notes),
+    }
+
+
+def run(args):
+    """Check the options, datasets and weights, claim OUT, then train and record each seed (``--dry-run``:
+    print the resolved run instead).
+
+    Raises TransferError (or a DatasetError) before anything is written on a bad option or config value, a
+    missing dataset, missing weights, weights the converter rejects, or an OUT that is busy or holds another run.
+    """
+    check_numbers(args)
+    if args.dry_run:
+        print(json.dumps(dry_run(args), indent=2))
+        return
     if args.num_machines > 1 and args.dist_url == "auto":
         raise TransferError("--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0, "
                             "the same on every machine")
     root = use_datasets_root(args.datasets_root)
-    world_size, cpu = processes(args.num_gpus, args.num_machines)
-    try:
-        resolved = resolve_task(args.task, world_size, smoke=args.smoke, opts=args.opts, rescale=not args.no_rescale,
-                                cpu=cpu)
-    except (AssertionError, KeyError, ValueError) as e:  # yacs: unknown key, wrong type; the scaling rule
-        raise TransferError(f"config {CONFIGS[args.task].name} with these options: {e}") from None
+    resolved = resolve(args)
+    check_solver(resolved.cfg)
     names = list(dict.fromkeys(resolved.cfg.DATASETS.TRAIN + resolved.cfg.DATASETS.TEST))
-    check_datasets(names)
+    check_contents(names, evaluated=resolved.cfg.DATASETS.TEST)  # both splits: every annotation and image
     check_size_ranges(resolved.cfg.DATASETS.TEST)
-    weights_pkl, fmt = prepare_weights(args.weights, args.out, args.fmt)
-    weights = {"path": str(args.weights), "sha256": sha256_file(args.weights), "label": args.label or args.weights.name,
-               "format": fmt}
-    deviations = [*resolved.deviations, *dataset_deviations(names),
-                  *pretraining_deviations(read_pretraining_args(args.weights))]
-    for seed in args.seeds:
-        run_seed(args, seed, resolved, weights_pkl, weights, deviations, root)
+    machines = machines_for(args.out, args.machine_rank, args.num_machines)
+    with tempfile.TemporaryDirectory(prefix="bt-transfer-") as scratch:
+        scratch = Path(scratch)
+        source, fmt = converted_weights(args.weights, scratch, args.fmt)
+        weights = {"path": str(args.weights), "sha256": sha256_file(args.weights),
+                   "label": args.label or args.weights.name, "format": fmt}
+        pretraining = read_pretraining_args(args.weights)
+        deviations = [*resolved.deviations, *dataset_deviations(names),
+                      *pretraining_deviations(pretraining), *supervised_weights_deviations(fmt, weights["sha256"])]
+        identity = run_identity(args.task, weights["sha256"], resolved)
+        with holding_out(args, identity):
+            weights_pkl = place_weights(source, args.out) if args.machine_rank == 0 else args.out / content_name(source)
+            machines.start()
+            run = Run(args, resolved, weights, weights_pkl, identity, deviations, pretraining_provenance(pretraining),
+                      root, machines, scratch)
+            for seed in args.seeds:
+                run_seed(run, seed)
 
 
 @command

@@ -3,28 +3,39 @@
 ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only``,
 trailing ``KEY VALUE`` overrides).
 
-A config file is resolved for the run's world size (``bt_transfer.detection.protocol``; ``--no-rescale``
-keeps the file's schedule) and its departures from the protocol are logged; ``--resolved`` takes a config
-that ``bt_transfer.transfer`` has already resolved as it is. On CPU (``--num-gpus 0`` or no CUDA) the run
-stays in this process: Detectron2's ``launch`` hard-codes NCCL.
+A config file is resolved for the run's world size (``bt_transfer.detection.protocol``; ``--schedule``
+and ``--images-per-gpu`` as for ``bt_transfer.transfer``) and its departures from the protocol are logged;
+``--resolved`` takes a config that ``bt_transfer.transfer`` has already resolved as it is. With
+``SOLVER.ACCUMULATION_STEPS`` k > 1 each step accumulates k micro-batches (``detection.accumulation``). On
+CPU (``--num-gpus 0`` or no CUDA) the run stays in this process: Detectron2's ``launch`` hard-codes NCCL.
+
+Every model file is read by ``SafeCheckpointer`` (no code runs from a file). Checkpoints also hold the
+optimizer state and each process's random states and data-stream positions (``resume``): ``--resume``
+continues the same run, bit-identically on CPU with 0 data-loading workers.
 """
 import logging
 import os
+import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
+from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import bt_transfer.detection.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
-from bt_transfer.core.errors import command
+from bt_transfer.core.errors import UserError, command
 from bt_transfer.core.progress import Progress, peak_memory_gb
 from bt_transfer.datasets.layout import use_datasets_root
-from bt_transfer.detection.protocol import processes, resolve_config
+from bt_transfer.detection.accumulation import micro_batch_config, use_accumulation
+from bt_transfer.detection.checkpoint import CheckpointError, SafeCheckpointer
+from bt_transfer.detection.mapper import NamingDatasetMapper, data_error_first
+from bt_transfer.detection.protocol import (
+    add_schedule_arguments, new_config, processes, resolve_config, schedule_choice,
+)
+from bt_transfer.detection.resume import preserved_rng, restore_rng, resumable_train_loader, rng_state
+from bt_transfer.detection.solver import check_solver
 from bt_transfer.detection.weights import load_backbone_weights
 
 logger = logging.getLogger("bt_transfer.train_net")
@@ -43,17 +54,22 @@ def build_evaluator(cfg, dataset_name):
     )
 
 
+def on_gpu(cfg):
+    return torch.device(cfg.MODEL.DEVICE).type == "cuda"
+
+
 class ProgressHook(HookBase):
     """A throughput / ETA / memory line every few seconds; memory also goes to ``metrics.json``."""
 
-    def __init__(self, images_per_step, every=10.0):
-        self.images_per_step, self.every = images_per_step, every
+    def __init__(self, images_per_step, device, every=10.0):
+        # The memory of the device the model runs on: a CPU run on a GPU machine reports its resident memory.
+        self.images_per_step, self.device, self.every = images_per_step, device, every
 
     def before_train(self):
         self.progress = Progress(self.trainer.max_iter, "train", "img", every=self.every, start=self.trainer.start_iter)
 
     def after_step(self):
-        memory_gb = peak_memory_gb()
+        memory_gb = peak_memory_gb(self.device)
         storage = self.trainer.storage
         storage.put_scalar("memory_gb", memory_gb, smoothing_hint=False)
         step = self.trainer.iter + 1
@@ -61,21 +77,104 @@ class ProgressHook(HookBase):
         self.progress.update(step, self.images_per_step, loss, memory_gb, force=step == self.trainer.max_iter)
 
 
+class RunStateCheckpointer(hooks.PeriodicCheckpointer):
+    """Detectron2's periodic checkpointer, on every process: before each save (fvcore's rule: every ``period``
+    iterations and after the last) the processes' run states are gathered into the trainer, which saves them."""
+
+    def after_step(self):
+        iteration = self.trainer.iter
+        if (iteration + 1) % self.period == 0 or iteration >= self.max_iter - 1:
+            self.trainer.gather_run_states()
+        super().after_step()  # saves on the main process only
+
+
+# What a checkpoint of this trainer holds besides the model, all needed to continue the same run: the iteration
+# and LR schedule (Detectron2's), the optimizer (and AMP's loss scale) as Detectron2 >= 0.7 saves them, and each
+# process's random states and data positions.
+RUN_STATE_KEYS = ("iteration", "_trainer", "processes")
+
+
 class Trainer(DefaultTrainer):
+    """Detectron2's DefaultTrainer whose model loads are safe, whose checkpoints continue the same run and whose
+    steps may accumulate micro-batches."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        use_accumulation(self)
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name):
         return build_evaluator(cfg, dataset_name)
 
+    # Every loader (training, PreciseBN, evaluation) names an image it cannot read.
+    @classmethod
+    def build_train_loader(cls, cfg):
+        # One micro-batch at a time: the data positions a checkpoint saves count its samples.
+        return resumable_train_loader(micro_batch_config(cfg), mapper=NamingDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=NamingDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        with preserved_rng(cuda=on_gpu(cfg)):
+            return super().test(cfg, model, evaluators)
+
     def build_hooks(self):
-        hooks = super().build_hooks()
+        # DefaultTrainer made its plain DetectionCheckpointer just before this call: replace it before a hook
+        # holds it.
+        self.checkpointer = SafeCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        built = [h for h in super().build_hooks() if not isinstance(h, hooks.PeriodicCheckpointer)]
+        self.streams = {"train": self.data_loader}  # what resumes where it stopped
+        for hook in built:
+            if isinstance(hook, hooks.PreciseBN):
+                self.streams["precise_bn"] = hook._data_loader  # its own training loader (Detectron2 0.6)
+        # Where Detectron2 has its checkpointer: after PreciseBN (whose statistics it saves), before evaluation.
+        at = next(i for i, h in enumerate(built) if isinstance(h, hooks.EvalHook))
+        built.insert(at, RunStateCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         if comm.is_main_process():
             # Before the writers (last), so memory_gb reaches metrics.json with the step's losses.
-            hooks.insert(len(hooks) - 1, ProgressHook(self.cfg.SOLVER.IMS_PER_BATCH))
-        return hooks
+            progress = ProgressHook(self.cfg.SOLVER.IMS_PER_BATCH, torch.device(self.cfg.MODEL.DEVICE))
+            built.insert(len(built) - 1, progress)
+        return built
+
+    def gather_run_states(self):
+        """Collect every process's random states and data positions on the main process (a collective)."""
+        mine = {"rng": rng_state(cuda=on_gpu(self.cfg)),
+                "samples": {name: stream.samples for name, stream in self.streams.items()}}
+        self._run_states = comm.gather(mine)
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        state["processes"] = self._run_states
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._trainer.load_state_dict(state["_trainer"])
+        mine = state["processes"][comm.get_rank()]
+        for name, samples in mine["samples"].items():
+            if samples:  # a stream not started yet starts where an uninterrupted run would start it
+                self.streams[name].resume_at(samples)
+        restore_rng(mine["rng"])  # last: starting the streams above draws from it
 
     def resume_or_load(self, resume=True):
         if resume and self.checkpointer.has_checkpoint():
-            return super().resume_or_load(resume=True)
+            path = self.checkpointer.get_checkpoint_file()
+            rest = self.checkpointer.load(path, checkpointables=[])  # the model; the trainer's state below
+            state = rest.get("trainer", {})
+            if any(key not in state for key in RUN_STATE_KEYS):
+                raise CheckpointError(f"{path}: holds no optimizer state, data positions or random states (written by "
+                                      "Detectron2's own trainer?): a resume would not continue the same run; delete "
+                                      "the folder to train again")
+            if len(state["processes"]) != comm.get_world_size():
+                raise CheckpointError(f"{path}: written by a run of {len(state['processes'])} process(es), this one "
+                                      f"has {comm.get_world_size()}: resume with the same --num-gpus and machines")
+            self.load_state_dict(state)
+            self.start_iter = self.iter + 1
+            return
         model = self.model.module if hasattr(self.model, "module") else self.model
         from_scratch = load_backbone_weights(model, self.cfg.MODEL.WEIGHTS)
         logger.info("initialised from %s except (trained from scratch): %s",
@@ -85,10 +184,7 @@ class Trainer(DefaultTrainer):
 
 def argument_parser():
     parser = default_argument_parser()
-    parser.add_argument(
-        "--no-rescale", action="store_true",
-        help="keep the config's batch, LR and schedule on fewer than 8 GPUs (default: linear scaling rule)",
-    )
+    add_schedule_arguments(parser)
     parser.add_argument(
         "--resolved", action="store_true",
         help="the config file is a run's resolved config (written by bt_transfer.transfer): take it as it is",
@@ -106,14 +202,17 @@ def world_size_of(args):
 
 
 def resolve_args(args):
-    """``resolve_config`` for parsed command-line arguments."""
+    """``resolve_config`` for parsed command-line arguments; a config that cannot run is a UserError."""
     opts = list(args.opts) + (["MODEL.DEVICE", "cpu"] if on_cpu(args) else [])
-    return resolve_config(args.config_file, opts, world_size_of(args), rescale=not args.no_rescale)
+    try:
+        return resolve_config(args.config_file, opts, world_size_of(args), **schedule_choice(args))
+    except ValueError as e:  # the batch split, the scaling rule
+        raise UserError(f"config {args.config_file}: {e}") from None
 
 
 def setup(args):
     if args.resolved:
-        cfg = get_cfg()
+        cfg = new_config()
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(list(args.opts))
         cfg.freeze()
@@ -121,6 +220,8 @@ def setup(args):
     else:
         resolved = resolve_args(args)
         cfg, notes, deviations = resolved.cfg, resolved.notes, resolved.deviations
+    if not args.eval_only:
+        check_solver(cfg)  # before default_setup writes into OUTPUT_DIR
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bt_transfer")
     for note in notes:
@@ -137,17 +238,20 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    with data_error_first():  # not the error of a hook that ran after it
+        return trainer.train()
 
 
 @command
 def cli(argv=None):
     args = argument_parser().parse_args(argv)
     world_size_of(args)  # refuse a GPU count this machine cannot run before anything starts
+    if not args.resolved:
+        resolve_args(args)  # and a batch that does not split over the processes
     if on_cpu(args):
         return main(args)
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

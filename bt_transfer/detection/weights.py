@@ -4,17 +4,15 @@
 checkpoint key that matches no model key, or matches one of another shape, simply vanishes,
 and the model keeps its random initialisation. After the load, every model tensor must come
 from the checkpoint except the heads a detector trains from scratch, and every checkpoint
-tensor must have been used; anything else raises. The ``.pkl`` itself is read with an unpickler
-that builds numpy arrays and nothing else, the analogue of ``torch.load(weights_only=True)``
-(Detectron2's own loader would run any callable the pickle names).
+tensor must have been used; anything else raises. The ``.pkl`` itself is read by ``SafeCheckpointer``,
+with an unpickler that builds numpy arrays and nothing else (Detectron2's own loader would run any
+callable the pickle names).
 """
 from pathlib import Path
 
-from detectron2.checkpoint import DetectionCheckpointer
-
 from bt_transfer.convert.resnet50 import BN_COUNTER
 from bt_transfer.core.errors import UserError
-from bt_transfer.core.safe_load import FileLoadError, load_array_pickle
+from bt_transfer.detection.checkpoint import CheckpointError, SafeCheckpointer
 
 # What a converted ResNet-50 does not provide: the RPN, the box predictor, the mask head and,
 # with Res5ROIHeadsExtraNorm, the norm after res5 (bt_transfer.roi_heads).
@@ -25,22 +23,8 @@ class WeightsLoadError(UserError, RuntimeError):
     """Converted weights that did not initialise the model as the protocol requires."""
 
 
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """Reads only array pickles in Detectron2's format, and keeps what ``_load_model`` reports
-    instead of only logging it (both are fvcore's hooks for subclasses)."""
-
-    def _load_file(self, filename):
-        try:
-            data = load_array_pickle(filename)
-        except FileLoadError as e:
-            raise WeightsLoadError(str(e)) from None
-        if not (isinstance(data, dict) and isinstance(data.get("model"), dict) and "__author__" in data):
-            # Detectron2 would read it as Caffe2 model-zoo weights: BGR input, stride in the 1x1
-            # conv, other pixel statistics; the suite's configs follow torchvision's conventions.
-            raise WeightsLoadError(f"{filename}: not Detectron2-format weights ({{'model': ..., '__author__': ...}}); "
-                                   "a Caffe2 / model-zoo pickle follows other conventions than this suite's "
-                                   "configs. Convert a torchvision-style checkpoint with python -m bt_transfer.convert")
-        return data
+class _RecordingCheckpointer(SafeCheckpointer):
+    """Keeps what ``_load_model`` reports instead of only logging it (fvcore's hook for subclasses)."""
 
     def _load_model(self, checkpoint):
         self.checkpoint_keys = sorted(checkpoint["model"])
@@ -59,10 +43,11 @@ def load_backbone_weights(model, path):
     if path.suffix != ".pkl":
         raise WeightsLoadError(f"{path}: expected converted weights (.pkl); convert the checkpoint first with "
                                "`python -m bt_transfer.convert INPUT OUTPUT.pkl`")
-    if not path.is_file():
-        raise WeightsLoadError(f"{path}: no such file")
     checkpointer = _RecordingCheckpointer(model)
-    checkpointer.load(str(path))
+    try:
+        checkpointer.load(str(path))
+    except CheckpointError as e:
+        raise WeightsLoadError(str(e)) from None
     incompatible = checkpointer.incompatible
 
     loaded = set(model.state_dict()) - set(incompatible.missing_keys)

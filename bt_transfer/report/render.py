@@ -1,14 +1,29 @@
 """A built table (``aggregate.Table``) as Markdown, CSV and LaTeX (booktabs) text.
 
 Pure string functions with stable formatting, so the same inputs give byte-identical files: one decimal like
-the paper, ``±`` the sample std with one decimal, the paper's "-" for a missing value.
+the paper, ``±`` the sample std with one decimal, the paper's "-" for a missing value. Text from records (labels,
+deviations) is put on one line and escaped for each format, so no label can break a table.
 """
 import csv
 import io
 
+from bt_transfer.report.aggregate import variant_setting
+from bt_transfer.report.curves import STAGES
+
 MISSING = "-"
 LEGEND = {"bold": ("Bold", "best per column"),
           "underline-top3-ssl": ("Underlined", "top-3 self-supervised methods per column")}
+EPOCH_LEGEND = {
+    "last": "Our accuracies are the last epoch's (the official evaluate.py reports the best epoch's, the maximum "
+            "over epochs on the validation set).",
+    "best": "Our accuracies are the best epoch's, the maximum over epochs on the validation set, as the official "
+            "evaluate.py reports them (not the last epoch's).",
+}
+
+
+def one_line(text):
+    """``text`` with every line break (\\n, \\r, and the others str.splitlines knows) replaced by a space."""
+    return " ".join(text.splitlines())
 
 
 def _title(table):
@@ -30,6 +45,8 @@ def _legend(table, emphasize, escape=str):
     rest = (f": {meaning}, among the paper's rows and our full-protocol runs (runs off the protocol are never "
             "marked). Ours: mean ± sample std over n seeds (no std for n=1). "
             f"{_delta_label(table)}: our one-decimal mean minus the paper's value.")
+    if table.epoch:
+        rest += " " + EPOCH_LEGEND[table.epoch]
     return emphasize(word, mark) + escape(rest)
 
 
@@ -40,7 +57,8 @@ def _signed(value):
 # ---------------------------------------------------------------- Markdown
 
 def md_escape(text):
-    return text.replace("|", r"\|")
+    """Text for a Markdown table cell or paragraph: one line, pipes escaped, no HTML tags."""
+    return one_line(text).replace("|", r"\|").replace("<", "&lt;")
 
 
 def _md_emphasize(text, mark):
@@ -81,7 +99,8 @@ def markdown(table):
 def csv_text(table):
     """One line per row; per column its mean, std, n and delta, full precision; ``marked`` lists the marked columns."""
     columns = table.spec.columns
-    header = ["method", "kind", "role", "source", "protocol", "deviations", "weights_sha256", "seeds", "marked"]
+    header = ["method", "kind", "role", "source", "protocol", "variant", "deviations", "weights_sha256", "seeds",
+              "epoch", "marked"]
     for c in columns:
         header += [c.key, f"{c.key}:std", f"{c.key}:n", f"{c.key}:delta"]
     out = io.StringIO()
@@ -93,10 +112,13 @@ def csv_text(table):
 
     for row in table.rows:
         protocol = "paper" if row.kind == "paper" else ("full" if row.full_protocol else "deviates")
+        variant = variant_setting(row.variant)
         deviations = " | ".join(f"{task}: {'; '.join(g.deviations)}" for task, g in row.groups.items() if g.deviations)
         seeds = " | ".join(f"{task}: {' '.join(map(str, g.seeds))}" for task, g in row.groups.items())
+        epoch = table.epoch if row.kind == "run" and table.epoch else ""
         marked = " ".join(c.key for c in columns if c.key in row.marks)
-        line = [row.method, row.kind, row.role, row.source, protocol, deviations, row.sha256, seeds, marked]
+        line = [one_line(text) for text in (row.method, row.kind, row.role, row.source, protocol, variant, deviations,
+                                            row.sha256, seeds, epoch, marked)]
         for c in columns:
             stat = row.cells.get(c.key)
             line += [number(stat and stat.mean), number(stat and stat.std),
@@ -109,11 +131,13 @@ def csv_text(table):
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}",
                 "Δ": r"$\Delta$", "−": "$-$", "±": r"$\pm$"}
 
 
 def tex_escape(text):
-    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+    """Text for LaTeX: one line (a blank line would end the paragraph inside a table), special characters escaped."""
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in one_line(text))
 
 
 def _tex_emphasize(text, mark):
@@ -169,3 +193,28 @@ def latex(table):
         lines.append(rf"\par\smallskip{{\footnotesize\textsuperscript{{{marker}}}{tex_escape(note)}}}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- curves
+
+def curves_csv(stage, groups, panels):
+    """The data behind a curves figure, one point a line: every run's and, where a group averages several runs,
+    their mean's (``run`` "mean", ``seed`` the seeds averaged). ``panels`` are the figure's (metric, axis label)."""
+    x_name = STAGES[stage].x
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["label", "weights_sha256", "variant", "run", "seed", "finished", "metric", x_name, "value"])
+    for group in groups:
+        head = [one_line(group.label), group.sha256, variant_setting(group.variant)]
+        for metric, _ in panels:
+            for run in group.runs:
+                if metric in run.series:
+                    seed = "" if run.seed is None else str(run.seed)
+                    for x, y in zip(*run.series[metric]):
+                        writer.writerow([*head, one_line(str(run.folder)), seed, str(run.finished).lower(), metric,
+                                         x, repr(y)])
+            if mean := group.mean(metric):
+                seeds = " ".join(str(run.seed) for run in group.averaged(metric) if run.seed is not None)
+                for x, y in zip(*mean):
+                    writer.writerow([*head, "mean", seeds, "", metric, x, repr(y)])
+    return out.getvalue()
