@@ -56,8 +56,8 @@ def suite_pipelines(size=OUTPUT_SIZE):
 
     def from_file(transform):
         def pipeline(path):
-            # Opened lazily, as the training dataset does: the suite decodes the JPEG itself, at reduced scale
-            # when the crops allow.
+            # Opened lazily, as the training dataset does (the default: full-size decoding, as the reference;
+            # --jpeg-draft would decode at reduced scale where the crops allow, never at this image size).
             with Image.open(path) as image:
                 return transform(image)
         return pipeline

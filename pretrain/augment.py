@@ -15,9 +15,11 @@ come from torchvision's own samplers); what differs is only how the work is done
 
 - all random decisions of both views are drawn first (``sample_view_params``), from the image size
   alone, before any pixel is decoded;
-- a JPEG is then decoded once, with libjpeg's DCT-domain downscaling (``Image.draft``) when both
-  crops still keep at least ``size`` source pixels per side after the reduction, so large images
-  decode 2-8x faster and the bicubic resize sees no less detail than the output has;
+- a JPEG is then decoded once; with ``jpeg_draft=True`` (``pretrain.train --jpeg-draft``, off by
+  default) at a reduced scale, by libjpeg's DCT-domain downscaling (``Image.draft``), when both crops
+  still keep at least ``size`` source pixels per side after the reduction, so large images decode 2-8x
+  faster and the bicubic resize sees no less detail than the output has. Such views are close to, but
+  not pixel-identical with, the official pipeline's, so a run that uses it records it as a deviation;
 - the colour operations run on 8-bit PIL images at the output size (as in the official pipeline:
   they are most of the time per image), and normalisation comes last, straight from uint8, or is
   left to the accelerator (``normalize=False`` returns uint8 tensors; see ``normalize_batch``);
@@ -25,8 +27,9 @@ come from torchvision's own samplers); what differs is only how the work is done
   decisions over as tensors (``colour_tensors``); ``pretrain.augment_device.apply_colour`` then runs
   jitter, grayscale, blur and solarisation on the batch, on the training device, as PIL computes them.
 
-Without a reduced-scale decode (small images, small crops) every view is pixel-identical to the
-official pipeline's for the same random decisions (tests/test_pretrain_augment.py checks it).
+Without a reduced-scale decode (the default; with ``jpeg_draft``: small images, small crops) every view
+is pixel-identical to the official pipeline's for the same random decisions (tests/test_pretrain_augment.py
+checks it).
 
 Randomness comes from torch's global generator, so the caller controls it (the pretraining dataset
 seeds it per sample: see ``pretrain.data``).
@@ -97,16 +100,18 @@ def sample_view_params(width, height, policy):
     return ViewParams(tuple(crop), flip, jitter, grayscale, sigma if blur else None, solarize)
 
 
-def decode_for_crops(image, crops, size):
-    """Load ``image`` (a lazily opened PIL image) as RGB, at the smallest JPEG draft scale that keeps
-    every crop at least ``size`` pixels per side. Returns (image, x scale, y scale) from source to loaded pixels."""
+def decode_for_crops(image, crops, size, draft=False):
+    """Load ``image`` (a lazily opened PIL image) as RGB: at full size, or with ``draft`` at the smallest JPEG
+    draft scale that keeps every crop at least ``size`` pixels per side. Returns (image, x scale, y scale)
+    from source to loaded pixels."""
     width, height = image.size
-    min_h = min(h for _, _, h, _ in crops)
-    min_w = min(w for _, _, _, w in crops)
-    # draft() picks the largest reduction whose result is at least the requested size: requesting
-    # the image size scaled by size/crop keeps each crop >= size pixels. A no-op for non-JPEGs and
-    # for images already loaded.
-    image.draft("RGB", (-(-width * size // min_w), -(-height * size // min_h)))
+    if draft:
+        min_h = min(h for _, _, h, _ in crops)
+        min_w = min(w for _, _, _, w in crops)
+        # draft() picks the largest reduction whose result is at least the requested size: requesting
+        # the image size scaled by size/crop keeps each crop >= size pixels. A no-op for non-JPEGs and
+        # for images already loaded.
+        image.draft("RGB", (-(-width * size // min_w), -(-height * size // min_h)))
     image.load()
     if image.mode != "RGB":  # grayscale or CMYK JPEGs, PNGs...; convert() of an RGB image would copy it
         image = image.convert("RGB")
@@ -207,19 +212,21 @@ class TwoViews:
     resized and flipped, and each view's ``colour_tensors``, for ``pretrain.augment_device.apply_colour``.
     The random decisions are drawn the same way in both modes, so a sample gets the same ones in each.
 
-    ``image`` should be lazily opened (``PIL.Image.open`` without ``load``/``convert``) so that a
-    JPEG can be decoded at reduced scale; an already loaded image works too, at full cost.
+    ``jpeg_draft=True`` decodes a JPEG at reduced scale when both crops allow (see the module docstring);
+    ``image`` must then be lazily opened (``PIL.Image.open`` without ``load``/``convert``), else it is
+    decoded at full size.
     """
 
-    def __init__(self, size=224, normalize=True, policies=VIEW_POLICIES, colour_on_device=False):
+    def __init__(self, size=224, normalize=True, policies=VIEW_POLICIES, colour_on_device=False, jpeg_draft=False):
         if normalize and colour_on_device:
             raise ValueError("colour_on_device needs normalize=False: normalisation comes after the colour operations")
         self.size, self.normalize, self.policies, self.colour_on_device = size, normalize, policies, colour_on_device
+        self.jpeg_draft = jpeg_draft
 
     def __call__(self, image):
         width, height = image.size
         params = [sample_view_params(width, height, policy) for policy in self.policies]
-        decoded, scale_x, scale_y = decode_for_crops(image, [p.crop for p in params], self.size)
+        decoded, scale_x, scale_y = decode_for_crops(image, [p.crop for p in params], self.size, self.jpeg_draft)
         if self.colour_on_device:
             views = [to_uint8_tensor(render_geometry(decoded, p, scale_x, scale_y, self.size)) for p in params]
             return (*views, *(colour_tensors(p) for p in params))

@@ -23,8 +23,15 @@ backward of each collective sums the gradient contributions of all processes. Ea
 gradient is therefore ``world_size * dL/dtheta`` and DDP's averaging returns exactly ``dL/dtheta``:
 the same as one process on the whole batch, whatever the number of processes. The official code
 all-reduces C outside autograd, which drops the other processes' contributions and so scales every
-gradient by ``1 / world_size``; ``official_grad_scaling=True`` reproduces that (the loss value is
-unchanged) for runs that must match the official learning-rate behaviour.
+gradient by ``1 / world_size``. LARS normalises the weights' steps, so the factor reaches them only
+through weight decay (32x heavier, relative to the gradient, on the paper's 32 GPUs); biases and BN
+parameters (no LARS) move by the scaled gradient itself, 1/32 as far as exact gradients would move them.
+``grad_scaling`` chooses the gradient, the loss value is the same in each:
+
+- ``"exact"``: dL/dtheta;
+- ``"paper"``: dL/dtheta / 32, the official code's gradient on the paper's 32 processes, whatever the
+  number of processes here (``bt_transfer.core.provenance.gradient_divisor``);
+- ``"official"``: dL/dtheta / world_size, the official code's gradient on this number of processes.
 
 Local batches must have the same size on every process (the loader drops the last partial batch).
 """
@@ -33,6 +40,8 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as collectives  # what torch.distributed.nn.functional now defers to
 import torchvision
 from torch import nn
+
+from bt_transfer.core.provenance import GRAD_SCALINGS, gradient_divisor
 
 LOSS_FORMS = ("auto", "cross_correlation", "gram")
 # Flop-count crossover (see module docstring); a benchmark may tune it per accelerator.
@@ -124,8 +133,9 @@ def _loss_gram(views, global_batch, lambd):
     return on_diag + lambd * off_diag
 
 
-def barlow_twins_loss(z1, z2, lambd=0.0051, form="auto", eps=BN_EPS, official_grad_scaling=False):
-    """Barlow Twins loss of the raw projector outputs ``z1``, ``z2`` (local batch x D) of the two views.
+def barlow_twins_loss(z1, z2, lambd=0.0051, form="auto", eps=BN_EPS, grad_scaling="exact"):
+    """Barlow Twins loss of the raw projector outputs ``z1``, ``z2`` (local batch x D) of the two views,
+    with the gradient of ``grad_scaling`` (see the module docstring).
 
     Computed in at least float32 whatever the autocast dtype: the sums over D x D terms lose too
     much in half precision.
@@ -136,6 +146,7 @@ def barlow_twins_loss(z1, z2, lambd=0.0051, form="auto", eps=BN_EPS, official_gr
         raise ValueError(f"embeddings must be two N x D tensors of the same shape, "
                          f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
     world_size = _world_size()
+    divisor = gradient_divisor(grad_scaling, world_size)
     local_batch, dim = z1.shape
     global_batch = local_batch * world_size
     if global_batch < 2:
@@ -147,9 +158,9 @@ def barlow_twins_loss(z1, z2, lambd=0.0051, form="auto", eps=BN_EPS, official_gr
         views = _global_batch_norm(z1.to(dtype), z2.to(dtype), global_batch, eps)
         compute = _loss_gram if form == "gram" else _loss_cross_correlation
         loss = compute(views, global_batch, lambd)
-    if official_grad_scaling and world_size > 1:
-        # Same value, gradient times 1/world_size: what the official all-reduce outside autograd gives.
-        loss = loss / world_size + loss.detach() * (1 - 1 / world_size)
+    if divisor != 1:
+        # The same value (loss - loss.detach() is exactly 0) with the gradient divided by ``divisor``.
+        loss = loss.detach() + (loss - loss.detach()) / divisor
     return loss
 
 
@@ -183,11 +194,13 @@ class BarlowTwins(nn.Module):
     exactly as the official model does in training mode.
     """
 
-    def __init__(self, projector="8192-8192-8192", lambd=0.0051, loss_form="auto", official_grad_scaling=False):
+    def __init__(self, projector="8192-8192-8192", lambd=0.0051, loss_form="auto", grad_scaling="exact"):
         super().__init__()
         if loss_form not in LOSS_FORMS:
             raise ValueError(f"loss form {loss_form!r}: expected one of {LOSS_FORMS}")
-        self.lambd, self.loss_form, self.official_grad_scaling = lambd, loss_form, official_grad_scaling
+        if grad_scaling not in GRAD_SCALINGS:
+            raise ValueError(f"gradient scaling {grad_scaling!r}: expected one of {GRAD_SCALINGS}")
+        self.lambd, self.loss_form, self.grad_scaling = lambd, loss_form, grad_scaling
         self.backbone = torchvision.models.resnet50(zero_init_residual=True)
         self.backbone.fc = nn.Identity()
         self.projector = build_projector(2048, projector)
@@ -196,4 +209,4 @@ class BarlowTwins(nn.Module):
     def forward(self, y1, y2):
         z1 = self.projector(self.backbone(y1))
         z2 = self.projector(self.backbone(y2))
-        return barlow_twins_loss(z1, z2, self.lambd, self.loss_form, self.bn.eps, self.official_grad_scaling)
+        return barlow_twins_loss(z1, z2, self.lambd, self.loss_form, self.bn.eps, self.grad_scaling)

@@ -6,10 +6,12 @@
         --weights resnet50.pth --data imagenet --out runs/semisup-1
 
 The protocol (defaults, schedule, augmentation) is the official one, see ``pretrain.eval_protocol``;
-anything else is allowed but recorded in ``result.json`` as a deviation. The run resumes from
-``OUT/checkpoint.pth`` and writes ``args.json``, ``metrics.jsonl`` (one line per epoch), and at the end
-``result.json``. Validation is sharded over the processes and the counts summed, so top-1 / top-5 are
-exact whatever the number of processes.
+anything else is allowed but recorded in ``result.json`` as a deviation. OUT belongs to one run: it is
+claimed before anything is written (bt_transfer.core.rundir; its identity is ``run_identity``), so the
+same command resumes from ``OUT/checkpoint.pth`` and another one is refused, naming each changed setting.
+The run writes ``args.json``, ``metrics.jsonl`` (one line per epoch), and at the end ``result.json``.
+Validation is sharded over the processes and the counts summed, so top-1 / top-5 are exact whatever the
+number of processes.
 
 Semi-supervised fine-tuning normalises over the global batch whatever the number of GPUs (SyncBatchNorm
 across processes on CUDA), as one process does. The official evaluate.py used plain BatchNorm per GPU, i.e.
@@ -29,9 +31,12 @@ from bt_transfer.convert.formats import FORMATS, read_resnet50
 from bt_transfer.convert.resnet50 import BN_COUNTER
 from bt_transfer.core.errors import command
 from bt_transfer.core.fileio import atomic_write, sha256_file, write_json
+from bt_transfer.core.options import non_negative_float, non_negative_int, positive_float, positive_int
 from bt_transfer.core.progress import MetricsLog, Progress, peak_memory_gb
 from bt_transfer.core.text import listing
-from bt_transfer.core.provenance import pretraining_deviations, read_pretraining_args
+from bt_transfer.core.provenance import (
+    pretraining_deviations, pretraining_provenance, read_pretraining_args, supervised_weights_deviations,
+)
 from bt_transfer.core.records import make_record, write_result
 from pretrain import eval_protocol, subsets
 from pretrain.checkpoint import CheckpointError, load_state, save_atomically
@@ -39,9 +44,14 @@ from pretrain.classifier import FC_KEYS, build_optimizer, evaluate, make_loaders
 from pretrain.distributed import cleanup, init_distributed, require_same_everywhere
 from pretrain.eval_data import image_folders
 from pretrain.gpu_batch import split_batch
-# A checkpoint may only be resumed by a run that would compute the same thing.
-RESUME_KEYS = ("mode", "percent", "epochs", "batch_size", "lr_classifier", "lr_backbone", "weight_decay",
-               "schedule", "image_size", "val_resize", "seed", "subset_seed", "weights_sha256", "subset_sha256")
+from pretrain.run_folder import claim_for_all
+
+# What defines an evaluation run (with its data, see run_identity): every setting that changes its numbers,
+# not --workers or --label. A folder holds one such run, resumed only by a command that would compute the same.
+IDENTITY_KEYS = ("mode", "percent", "epochs", "batch_size", "lr_classifier", "lr_backbone", "weight_decay",
+                 "schedule", "image_size", "val_resize", "seed", "subset_seed", "weights_sha256", "weights_format",
+                 "subset_sha256")
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "best", "last")
 
 
 def parse_args(argv=None):
@@ -58,24 +68,26 @@ def parse_args(argv=None):
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder root with train/ and val/")
     parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds checkpoint.pth)")
     parser.add_argument("--label", help="how the report names the backbone (default: the weights file name)")
-    parser.add_argument("--epochs", type=int, help="default 100 linear, 20 semisup")
-    parser.add_argument("--batch-size", type=int, help="global batch over all processes (default 256)")
-    parser.add_argument("--lr-classifier", type=float, help="default 0.3 linear, 0.5 semisup")
-    parser.add_argument("--lr-backbone", type=float, help="semisup: default 0.005 cosine, 0.002 paper-step")
-    parser.add_argument("--weight-decay", type=float, help="default 1e-6 linear, 0 semisup")
+    parser.add_argument("--epochs", type=positive_int, help="default 100 linear, 20 semisup")
+    parser.add_argument("--batch-size", type=positive_int, help="global batch over all processes (default 256)")
+    parser.add_argument("--lr-classifier", type=positive_float, help="default 0.3 linear, 0.5 semisup")
+    parser.add_argument("--lr-backbone", type=non_negative_float,
+                        help="semisup: default 0.005 cosine, 0.002 paper-step")
+    parser.add_argument("--weight-decay", type=non_negative_float, help="default 1e-6 linear, 0 semisup")
     parser.add_argument("--schedule", choices=("cosine", "paper-step"), default="cosine",
                         help="cosine (default, official code) or paper-step (semisup: the paper's x0.2 "
                              "after epochs 12 and 16 of 20)")
     parser.add_argument("--subset-file", type=Path,
                         help="semisup: SimCLR's 1percent.txt / 10percent.txt (default: a class-balanced "
                              "subset drawn from --subset-seed)")
-    parser.add_argument("--subset-seed", type=int, default=0,
+    parser.add_argument("--subset-seed", type=non_negative_int, default=0,
                         help="semisup without --subset-file: seed of the drawn subset (default 0)")
-    parser.add_argument("--image-size", type=int, help="training and validation crop (default 224)")
-    parser.add_argument("--val-resize", type=int, help="validation resize before the centre crop (default 256 for 224)")
-    parser.add_argument("--workers", type=int, default=8,
+    parser.add_argument("--image-size", type=positive_int, help="training and validation crop (default 224)")
+    parser.add_argument("--val-resize", type=positive_int,
+                        help="validation resize before the centre crop (default 256 for 224)")
+    parser.add_argument("--workers", type=non_negative_int, default=8,
                         help="data-loading processes per training process (default 8)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="classifier initialisation, shuffling, augmentation (default 0)")
     args = parser.parse_args(argv)
     try:
@@ -90,8 +102,9 @@ def parse_args(argv=None):
 
 def load_backbone(path, num_classes=1000, fmt="auto"):
     """(torchvision ResNet-50 with the backbone of checkpoint ``path`` and a fresh ``num_classes``-way classifier,
-    the backbone's tensors as read, the checkpoint's layout). Any layout ``bt_transfer.convert`` reads, with the same strict checks; the
-    classifier starts from N(0, 0.01) weights and zero bias, as the protocol trains a new head."""
+    the backbone's tensors as read, the checkpoint's layout). Any layout ``bt_transfer.convert`` reads, with the
+    same strict checks (NaN or Inf included); the classifier starts from N(0, 0.01) weights and zero bias, as the
+    protocol trains a new head."""
     fmt, trunk, _ = read_resnet50(path, fmt)
     model = models.resnet50(num_classes=num_classes)
     missing, unexpected = model.load_state_dict(trunk, strict=False)
@@ -110,60 +123,63 @@ def assert_backbone_unchanged(model, trunk):
                            "weights read; the result would not measure these weights and is not written")
 
 
-def choose_subset(config, train, out, write):
-    """Indices of the labelled subset and its description for the result record; a drawn subset
-    is written (when ``write``) to ``out/subset.txt`` to be inspected or passed back as --subset-file."""
+def choose_subset(config, train, out):
+    """(indices of the labelled subset, its description for the result record, the text of a drawn subset to
+    save as ``out/subset.txt`` once the run holds OUT, or None for a subset file). A drawn subset is saved to be
+    inspected or passed back as --subset-file."""
     files = train.files
+    drawn = None
     if config["subset_file"] is not None:
         chosen = subsets.read_subset_file(config["subset_file"])
         source, digest = str(config["subset_file"]), sha256_file(config["subset_file"])
     else:
         chosen = subsets.balanced_subset(files, config["percent"], config["subset_seed"])
-        text = subsets.format_subset(chosen)
-        source, digest = Path(out) / "subset.txt", hashlib.sha256(text.encode()).hexdigest()
-        if write:
-            with atomic_write(source) as f:
-                f.write(text)
+        drawn = subsets.format_subset(chosen)
+        source, digest = Path(out) / "subset.txt", hashlib.sha256(drawn.encode()).hexdigest()
     indices = subsets.subset_indices(files, chosen, source, train.root)
     info = dict(source=str(source), sha256=digest, images=len(indices), generated=config["subset_file"] is None)
-    return indices, info
+    return indices, info, drawn
 
 
-def load_checkpoint(path, config):
-    """The state saved after the last finished epoch, refused if it was written with other settings."""
+def load_checkpoint(path):
+    """The state saved after the last finished epoch (the claim of OUT made sure it is this run's)."""
     checkpoint = load_state(path)
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in CHECKPOINT_KEYS):
         raise CheckpointError(f"{path}: not a checkpoint of pretrain.evaluate; use another --out")
-    changed = [f"{k} {checkpoint['config'].get(k)!r} -> {config[k]!r}"
-               for k in RESUME_KEYS if checkpoint["config"].get(k) != config[k]]
-    if changed:
-        raise CheckpointError(f"{path} belongs to a run with other settings ({'; '.join(changed)}): "
-                         f"use another --out, or delete the checkpoint to start over")
     return checkpoint
 
 
 def prepare(config, info):
-    """The datasets, model and labelled subset of a run, and its config with the hashes that identify it."""
+    """The datasets, model and labelled subset of a run (and the text of a drawn subset, see ``choose_subset``),
+    and its config with the hashes that identify it. Reads, never writes: everything that can be wrong with the
+    inputs fails here, before the run claims OUT."""
     train_set, val_set = image_folders(config["data"], config["image_size"], config["val_resize"], config["seed"])
     facts = dict(classes=len(train_set.classes), train_images=len(train_set), val_images=len(val_set))
     torch.manual_seed(config["seed"])
     model, trunk, fmt = load_backbone(config["weights"], len(train_set.classes), config["format"])
-    subset = None
+    subset, drawn = None, None
     if config["mode"] == "semisup":
-        indices, subset = choose_subset(config, train_set, config["out"], write=info.is_main)
+        indices, subset, drawn = choose_subset(config, train_set, config["out"])
         train_set = train_set.select(indices)
     config = dict(config, weights_sha256=sha256_file(config["weights"]), weights_format=fmt,
                   subset_sha256=subset["sha256"] if subset else None, world_size=info.world_size)
-    return config, model, trunk, train_set, val_set, facts, subset
+    return config, model, trunk, train_set, val_set, facts, subset, drawn
 
 
-def resume(path, config, model, optimizer, info):
+def run_identity(config, facts):
+    """What defines this evaluation run (``bt_transfer.core.rundir``): the settings of IDENTITY_KEYS and the data
+    (its folder and ``facts``: class and image counts)."""
+    return {**{key: _jsonable(config[key]) for key in IDENTITY_KEYS}, "data": str(Path(config["data"]).resolve()),
+            **facts}
+
+
+def resume(path, model, optimizer, info):
     """(first epoch to train, best and last accuracies) after restoring ``path`` if it exists. Rank 0's
     epoch is the run's: a process that resumed another one stops them all (else they would train different
     epochs and wait for each other forever)."""
     epoch, best, last = 0, dict(top1=0.0, top5=0.0), None
     if path.is_file():
-        checkpoint = load_checkpoint(path, config)
+        checkpoint = load_checkpoint(path)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         epoch, best, last = checkpoint["epoch"], checkpoint["best"], checkpoint["last"]
@@ -195,17 +211,26 @@ def batch_norm_deviations(config, info):
 
 def run(config):
     info = init_distributed()
-    out, device = Path(config["out"]), info.device
-    if device.type == "cuda":
+    if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     split_batch(config["batch_size"], info.world_size, "ARGS='--batch-size {}'")
     task = eval_protocol.task_name(config["mode"], config["percent"])
+    config, model, trunk, train_set, val_set, facts, subset, drawn = prepare(config, info)
+    with claim_for_all(Path(config["out"]), task, run_identity(config, facts), info) as out:
+        if drawn is not None and info.is_main:
+            with atomic_write(out / "subset.txt") as f:
+                f.write(drawn)
+        return train_and_record(config, info, task, model, trunk, train_set, val_set, facts, subset)
+
+
+def train_and_record(config, info, task, model, trunk, train_set, val_set, facts, subset):
+    """Train (or resume) the run prepared by ``prepare``, in the folder it holds; rank 0 returns the record."""
+    out, device = Path(config["out"]), info.device
     linear = config["mode"] == "linear"
-    config, model, trunk, train_set, val_set, facts, subset = prepare(config, info)
     model = trainable(model, linear, info).to(device)
     optimizer = build_optimizer(model, config)
     checkpoint_path = out / "checkpoint.pth"
-    start_epoch, best, last = resume(checkpoint_path, config, model, optimizer, info)
+    start_epoch, best, last = resume(checkpoint_path, model, optimizer, info)
     trained = model
     if info.distributed:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -214,7 +239,6 @@ def run(config):
     metrics, progress = None, None
     steps = len(train_loader)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / "args.json", {k: _jsonable(v) for k, v in config.items()})
         metrics = MetricsLog(out / "metrics.jsonl")
         progress = Progress(config["epochs"] * steps, name=task, start=start_epoch * steps)
@@ -241,8 +265,7 @@ def run(config):
             summary = f"epoch {epoch + 1} loss {loss:.4f} top1 {top1:.2f} top5 {top5:.2f}"
             progress.update(step, config["batch_size"], extra=summary, memory_gb=peak_memory_gb(device), force=True)
             save_atomically(checkpoint_path, dict(epoch=epoch + 1, model=model.state_dict(),
-                                                  optimizer=optimizer.state_dict(), best=best, last=last,
-                                                  config={k: _jsonable(config[k]) for k in RESUME_KEYS}))
+                                                  optimizer=optimizer.state_dict(), best=best, last=last))
     if linear:  # also covers a finished run restarted from its last checkpoint
         assert_backbone_unchanged(model, trunk)
     if not info.is_main:
@@ -253,7 +276,10 @@ def run(config):
 
 def write_record(config, task, last, best, facts, subset, run_deviations):
     """``OUT/result.json`` of a finished run: the last epoch's accuracies (and the best ones), every deviation
-    (``run_deviations``: those that come from how the run was launched)."""
+    (``run_deviations``: those that come from how the run was launched; the pretraining's and the supervised
+    weights' included), and the pretraining's provenance in ``extra``."""
+    pretraining = read_pretraining_args(config["weights"])
+    provenance = pretraining_provenance(pretraining)
     record = make_record(
         task=task,
         metrics=dict(top1=last["top1"], top5=last["top5"], top1_best=best["top1"], top5_best=best["top5"]),
@@ -263,8 +289,10 @@ def write_record(config, task, last, best, facts, subset, run_deviations):
         config={k: _jsonable(v) for k, v in config.items()},
         world_size=config["world_size"],
         deviations=[*eval_protocol.deviations(config, facts, subset), *run_deviations,
-                    *pretraining_deviations(read_pretraining_args(config["weights"]))],
-        extra=dict(facts, epochs=config["epochs"], **({"subset": subset} if subset else {})),
+                    *pretraining_deviations(pretraining),
+                    *supervised_weights_deviations(config["weights_format"], config["weights_sha256"])],
+        extra=dict(facts, epochs=config["epochs"], **({"subset": subset} if subset else {}),
+                   **({"pretraining": provenance} if provenance else {})),
     )
     path = write_result(config["out"], record)
     print(f"{task}: top-1 {last['top1']:.2f} top-5 {last['top5']:.2f} "

@@ -6,7 +6,8 @@
 One SLURM task per GPU; each task reads its rank from SLURM (through submitit) and runs
 ``pretrain.train``. When SLURM signals a timeout or a preemption, submitit requeues the same job,
 and the requeued job resumes from ``OUT/checkpoint.pth`` (written every --checkpoint-every steps and
-at each epoch end), so at most those steps are recomputed. Logs go to ``OUT/slurm/``.
+at each epoch end), so at most those steps are recomputed. Logs go to ``OUT/slurm/``, which the job's
+claim of OUT expects (see pretrain.train).
 """
 import argparse
 import sys
@@ -14,7 +15,14 @@ from pathlib import Path
 
 import submitit
 
+from bt_transfer.core.errors import UserError, command
+from bt_transfer.core.options import non_negative_int, positive_int
+from pretrain.train import SLURM_LOGS
 from pretrain.train import parse_args as parse_train_args
+
+
+class SubmitError(UserError):
+    """A job that cannot be submitted from this machine; the message says why and what to do instead."""
 
 
 class PretrainJob(submitit.helpers.Checkpointable):
@@ -39,16 +47,20 @@ def build_parser():
         epilog="All other arguments go to pretrain.train (see python -m pretrain.train --help).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--nodes", type=int, default=1, help="machines")
-    parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs (= training processes) per machine")
+    parser.add_argument("--nodes", type=positive_int, default=1, help="machines")
+    parser.add_argument("--gpus-per-node", type=positive_int, default=8,
+                        help="GPUs (= training processes) per machine")
     parser.add_argument("--partition", required=True, help="SLURM partition")
-    parser.add_argument("--timeout-min", type=int, default=72 * 60, help="time limit of one job; requeued after it")
-    parser.add_argument("--cpus-per-task", type=int, default=10, help="CPU cores per GPU (data-loading workers + 2)")
-    parser.add_argument("--mem-gb", type=int, default=None,
+    parser.add_argument("--timeout-min", type=positive_int, default=72 * 60,
+                        help="time limit of one job; requeued after it")
+    parser.add_argument("--cpus-per-task", type=positive_int, default=10,
+                        help="CPU cores per GPU (data-loading workers + 2)")
+    parser.add_argument("--mem-gb", type=positive_int, default=None,
                         help="memory per machine in GB; unset: the partition's default")
     parser.add_argument("--account", default=None, help="SLURM account")
     parser.add_argument("--constraint", default=None, help="SLURM node constraint, e.g. volta32gb")
-    parser.add_argument("--max-requeues", type=int, default=20, help="requeues on timeout (preemptions do not count)")
+    parser.add_argument("--max-requeues", type=non_negative_int, default=20,
+                        help="requeues on timeout (preemptions do not count)")
     parser.add_argument("--job-name", default="barlow-twins")
     return parser
 
@@ -56,9 +68,6 @@ def build_parser():
 def parse(argv=None):
     """(SLURM options, pretrain.train argv); the training arguments are validated before anything is submitted."""
     options, train_argv = build_parser().parse_known_args(argv)
-    for name in ("nodes", "gpus_per_node", "timeout_min", "cpus_per_task"):
-        if getattr(options, name) <= 0:
-            build_parser().error(f"--{name.replace('_', '-')} must be positive")
     train_args = parse_train_args(train_argv)
     return options, train_argv, train_args
 
@@ -79,13 +88,14 @@ def build_executor(options, folder):
     return executor
 
 
+@command
 def main(argv=None):
     options, train_argv, train_args = parse(argv)
-    folder = Path(train_args.out) / "slurm"
+    folder = Path(train_args.out) / SLURM_LOGS
     try:
         executor = build_executor(options, folder)
     except RuntimeError as error:  # submitit found no srun on this machine
-        raise SystemExit(f"pretrain.slurm: {error} On one machine use torchrun instead (make pretrain).") from error
+        raise SubmitError(f"{error} On one machine use torchrun instead (make pretrain).") from None
     job = executor.submit(PretrainJob(train_argv))
     print(f"submitted job {job.job_id}: {options.nodes} x {options.gpus_per_node} GPUs on {options.partition}; "
           f"logs in {folder}, outputs in {train_args.out}", file=sys.stderr)

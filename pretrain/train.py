@@ -9,7 +9,10 @@ they differ): batch 2048, 1000 epochs, projector 8192-8192-8192, lambda 0.0051 (
 weight decay 1e-6 (1.5e-6), learning rate batch/256 x 0.2 (weights) and x 0.0048 (biases and BN),
 10 warmup epochs then cosine to 1/1000.
 
-Writes to OUT (rank 0): ``args.json`` (resolved arguments, world size, code version),
+OUT belongs to one run: rank 0 claims it before anything is written (bt_transfer.core.rundir: a lock,
+and ``run.json`` with the run's identity, ``run_identity``), so a rerun with the same settings resumes
+and one with other settings, or a second run while the first holds OUT, is refused naming each
+difference. Writes to OUT (rank 0): ``args.json`` (resolved arguments, world size, code version),
 ``metrics.jsonl`` (step, epoch, loss, lr, images_per_s, data_time, max_memory_gb; the kNN monitor's
 knn_top1 lines, see below), TensorBoard events in ``tensorboard/``, ``checkpoint.pth`` every
 --checkpoint-every steps and at each epoch end (a restarted run resumes from it, exactly, even
@@ -17,11 +20,12 @@ mid-epoch), and at the end ``resnet50.pth``, the
 backbone in the official export format. OUT must be on storage every process sees (every process
 resumes from the same checkpoint; a mismatch is an error).
 
-Gradients are exact for any number of processes (see pretrain.barlow_twins): a run behaves like the
-official code on one GPU. The official code scales gradients by 1/world_size, so the paper's 32-GPU
-run had its biases and BN parameters (no LARS) at 1/32 of the nominal learning rate, and weight decay
-32x stronger relative to the gradient in the LARS update; --official-grad-scaling with 32 processes
-reproduces that scaling. Batch norm runs over the global batch under DDP on GPU (SyncBatchNorm);
+--grad-scaling (see pretrain.barlow_twins): the official code scales gradients by 1/world_size, so the
+paper's 32-GPU run had its biases and BN parameters (no LARS) at 1/32 of the nominal learning rate, and
+weight decay 32x stronger relative to the gradient in the LARS update. ``paper`` (the default) divides
+the exact gradient by 32 on any number of processes, so 1, 8 or 64 GPUs follow the paper's run;
+``exact`` keeps it exact; ``official`` divides it by the number of processes, as the official code
+does (--official-grad-scaling is its old name). Batch norm runs over the global batch under DDP on GPU (SyncBatchNorm);
 SyncBatchNorm needs CUDA, so a multi-process CPU run (tests only) normalises the backbone and
 projector per process. A corrupt image stops the run with an error naming the file (see pretrain.data).
 
@@ -40,6 +44,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bt_transfer.core.errors import command
 from bt_transfer.core.fileio import write_json
+from bt_transfer.core.options import non_negative_float, non_negative_int, positive_float, positive_int
+from bt_transfer.core.provenance import GRAD_SCALINGS, gradient_divisor
 from bt_transfer.core.provenance import PAPER_PRETRAINING as PAPER
 from bt_transfer.core.progress import MetricsLog, Progress, peak_memory_gb
 from bt_transfer.core.records import code_version
@@ -55,9 +61,17 @@ from pretrain.distributed import cleanup, init_distributed
 from pretrain.gpu_batch import check_pretraining_batch
 from pretrain.knn import KnnMonitor, labelled_splits
 from pretrain.lars import LARS, base_learning_rate, learning_rate, param_groups, set_learning_rate
+from pretrain.run_folder import claim_for_all
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AUGMENT_CHOICES = ("auto", "cpu", "device")
+SLURM_LOGS = "slurm"  # pretrain.slurm's logs in OUT, written before the job claims OUT
+# The settings that define a run (with its data and effective gradient divisor, see run_identity): every one
+# that changes the trained weights. Not how they are computed (--workers, --augment, --loss-form, --amp,
+# --channels-last: the same numbers, bit for bit or up to rounding), what is logged or saved when, the kNN
+# monitor, or where the run stops (--max-steps): a rerun that changes only those continues the same run.
+IDENTITY_KEYS = ("epochs", "batch_size", "projector", "lambd", "learning_rate_weights", "learning_rate_biases",
+                 "weight_decay", "warmup_epochs", "image_size", "seed", "grad_scaling", "jpeg_draft")
 
 
 def build_parser():
@@ -69,29 +83,39 @@ def build_parser():
     )
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder root: <data>/<class>/<image>")
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics, resnet50.pth")
-    parser.add_argument("--epochs", type=int, default=PAPER["epochs"], help="passes over the data (paper: 1000)")
-    parser.add_argument("--batch-size", type=int, default=PAPER["batch_size"],
+    parser.add_argument("--epochs", type=positive_int, default=PAPER["epochs"],
+                        help="passes over the data (paper: 1000)")
+    parser.add_argument("--batch-size", type=positive_int, default=PAPER["batch_size"],
                         help="global batch, over all processes")
     parser.add_argument("--projector", default=PAPER["projector"], help="projector layer widths")
-    parser.add_argument("--lambd", type=float, default=PAPER["lambd"], help="weight of the off-diagonal terms")
-    parser.add_argument("--learning-rate-weights", type=float, default=PAPER["learning_rate_weights"],
+    parser.add_argument("--lambd", type=non_negative_float, default=PAPER["lambd"],
+                        help="weight of the off-diagonal terms")
+    parser.add_argument("--learning-rate-weights", type=positive_float, default=PAPER["learning_rate_weights"],
                         help="multiplier of batch/256 for weights")
-    parser.add_argument("--learning-rate-biases", type=float, default=PAPER["learning_rate_biases"],
+    parser.add_argument("--learning-rate-biases", type=non_negative_float, default=PAPER["learning_rate_biases"],
                         help="multiplier of batch/256 for biases and BN parameters")
-    parser.add_argument("--weight-decay", type=float, default=PAPER["weight_decay"],
+    parser.add_argument("--weight-decay", type=non_negative_float, default=PAPER["weight_decay"],
                         help="LARS weight decay (paper's text: 1.5e-6)")
-    parser.add_argument("--warmup-epochs", type=int, default=PAPER["warmup_epochs"],
+    parser.add_argument("--warmup-epochs", type=non_negative_int, default=PAPER["warmup_epochs"],
                         help="linear warmup before the cosine decay")
-    parser.add_argument("--image-size", type=int, default=PAPER["image_size"], help="side of the square crops")
-    parser.add_argument("--workers", type=int, default=8, help="data-loading processes per training process")
-    parser.add_argument("--seed", type=int, default=0, help="model init, data order and augmentations")
+    parser.add_argument("--image-size", type=positive_int, default=PAPER["image_size"],
+                        help="side of the square crops")
+    parser.add_argument("--jpeg-draft", action="store_true", default=PAPER["jpeg_draft"],
+                        help="decode JPEGs at reduced scale when both crops keep enough pixels (faster on large "
+                             "images; not pixel-identical to the official pipeline, so recorded as a deviation)")
+    parser.add_argument("--workers", type=non_negative_int, default=8,
+                        help="data-loading processes per training process")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="model init, data order and augmentations")
     parser.add_argument("--loss-form", choices=LOSS_FORMS, default="auto",
                         help="cross_correlation (D x D) or gram (N x N); auto picks the cheaper one")
-    parser.add_argument("--official-grad-scaling", action="store_true",
-                        help="scale gradients by 1/world_size like the official code; without it gradients are exact")
-    parser.add_argument("--checkpoint-every", type=int, default=1000,
+    parser.add_argument("--grad-scaling", choices=GRAD_SCALINGS, default=PAPER["grad_scaling"],
+                        help="gradient of the loss: paper = exact / 32 on any number of processes (the official "
+                             "code on the paper's 32 GPUs), exact, or official = exact / number of processes")
+    parser.add_argument("--official-grad-scaling", dest="grad_scaling", action="store_const", const="official",
+                        help="the same as --grad-scaling official (its old name)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=1000,
                         help="steps between checkpoints (also at each epoch end)")
-    parser.add_argument("--log-every", type=int, default=10, help="steps between metrics lines")
+    parser.add_argument("--log-every", type=positive_int, default=10, help="steps between metrics lines")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                         help="mixed precision: auto = bf16 (fp16 before Ampere) on CUDA, off on CPU")
     parser.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
@@ -102,13 +126,14 @@ def build_parser():
     # On ImageNet with the defaults one evaluation embeds 50k bank + 50k val images, forward only: about 1% of
     # an epoch's compute (two views, forward and backward), so every 10 epochs costs ~0.1% and gives the
     # paper's 1000 epochs a 100-point curve; the bank (50k x 2048 floats, 400 MB) is freed after each one.
-    parser.add_argument("--knn-every", type=int, default=10,
+    parser.add_argument("--knn-every", type=non_negative_int, default=10,
                         help="epochs between kNN evaluations on the val/ split beside --data (also at the end "
                              "of training); 0: never")
-    parser.add_argument("--knn-train-per-class", type=int, default=50,
+    parser.add_argument("--knn-train-per-class", type=positive_int, default=50,
                         help="training images per class the kNN monitor votes from (a class-balanced subset "
                              "fixed by --seed)")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total (smoke runs)")
+    parser.add_argument("--max-steps", type=positive_int, default=None,
+                        help="stop after this many steps in total (smoke runs)")
     return parser
 
 
@@ -119,15 +144,8 @@ def parse_args(argv=None):
         parse_projector(args.projector)
     except ValueError as error:
         parser.error(f"--projector: {error}")
-    for name in ("epochs", "batch_size", "image_size", "checkpoint_every", "log_every", "knn_train_per_class"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.batch_size < 2:
         parser.error("--batch-size must be at least 2: the loss normalises over the batch")
-    if args.knn_every < 0:
-        parser.error(f"--knn-every must be 0 (no kNN monitor) or positive, got {args.knn_every}")
-    if args.max_steps is not None and args.max_steps <= 0:
-        parser.error(f"--max-steps must be positive, got {args.max_steps}")
     return args
 
 
@@ -159,8 +177,16 @@ def resolve_augment(choice, device):
     return choice
 
 
+def run_identity(args, images, world_size):
+    """What defines this pretraining run (``bt_transfer.core.rundir``): the settings of IDENTITY_KEYS, the
+    gradient divisor they give on ``world_size`` processes, and the data (its folder and ``images`` count)."""
+    return {**{key: getattr(args, key) for key in IDENTITY_KEYS},
+            "gradient_divisor": gradient_divisor(args.grad_scaling, world_size),
+            "data": str(args.data.resolve()), "images": images}
+
+
 def build_model(args, dist_info):
-    model = BarlowTwins(args.projector, args.lambd, args.loss_form, args.official_grad_scaling)
+    model = BarlowTwins(args.projector, args.lambd, args.loss_form, args.grad_scaling)
     if dist_info.distributed and dist_info.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -207,6 +233,7 @@ class RunLog:
         resolved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         write_json(args.out / "args.json", {
             **resolved, "argv": argv, "world_size": dist_info.world_size, "code_version": code_version(),
+            "gradient_divisor": gradient_divisor(args.grad_scaling, dist_info.world_size),
             "steps_per_epoch": steps_per_epoch, "resumed_from_step": start_step,
             "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
             "generated_data": str(manifest) if (manifest := generated_manifest(args.data)) else None,
@@ -276,7 +303,8 @@ def train(args, dist_info, argv=()):
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
     args.augment = resolve_augment(args.augment, device)  # args.json records the resolved choice
-    transform = TwoViews(args.image_size, normalize=False, colour_on_device=args.augment == "device")
+    transform = TwoViews(args.image_size, normalize=False, colour_on_device=args.augment == "device",
+                         jpeg_draft=args.jpeg_draft)
     dataset = TwoViewDataset(args.data, transform, seed=args.seed)
     sampler = ResumableSampler(len(dataset), args.batch_size, dist_info.rank, dist_info.world_size, args.seed)
     loader = make_loader(dataset, sampler, args.workers, pin_memory=device.type == "cuda")
@@ -290,67 +318,70 @@ def train(args, dist_info, argv=()):
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     checkpoint_path = args.out / CHECKPOINT_FILE
     schedule = dict(steps_per_epoch=steps_per_epoch, global_batch=args.batch_size, projector=args.projector)
-    step = 0
-    if dist_info.is_main:
-        remove_stale_temporaries(args.out)
-    if checkpoint_path.exists():
-        step = resume(checkpoint_path, model=model, optimizer=optimizer, scaler=scaler, **schedule)
-    check_same_step_everywhere(step, dist_info)
-    ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if dist_info.distributed else model
-    base_lr = base_learning_rate(args.batch_size)
-    multipliers = (args.learning_rate_weights, args.learning_rate_biases)
-    knn_monitor, knn_record = build_knn_monitor(args, dist_info, amp_dtype)
-    log = None
-    if dist_info.is_main:
-        log = RunLog(args, list(argv), dist_info, steps_per_epoch, step, stop_step, amp_dtype, knn_record)
-    if log:
-        print(f"pretrain: {len(dataset)} images, {steps_per_epoch} steps/epoch, steps {step}->{stop_step}, "
-              f"world size {dist_info.world_size}, amp {amp_dtype or 'off'}, device {device}",
-              file=sys.stderr, flush=True)
-        if knn_monitor is None and args.knn_every:
-            print(f"pretrain: no kNN monitor: {knn_record['skipped']}", file=sys.stderr, flush=True)
+    # Before anything is written into OUT; the lock is held until the run ends.
+    with claim_for_all(args.out, "pretrain", run_identity(args, len(dataset), dist_info.world_size), dist_info,
+                       may_exist=(SLURM_LOGS,)):
+        step = 0
+        if dist_info.is_main:
+            remove_stale_temporaries(args.out)
+        if checkpoint_path.exists():
+            step = resume(checkpoint_path, model=model, optimizer=optimizer, scaler=scaler, **schedule)
+        check_same_step_everywhere(step, dist_info)
+        ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+            if dist_info.distributed else model
+        base_lr = base_learning_rate(args.batch_size)
+        multipliers = (args.learning_rate_weights, args.learning_rate_biases)
+        knn_monitor, knn_record = build_knn_monitor(args, dist_info, amp_dtype)
+        log = None
+        if dist_info.is_main:
+            log = RunLog(args, list(argv), dist_info, steps_per_epoch, step, stop_step, amp_dtype, knn_record)
+        if log:
+            print(f"pretrain: {len(dataset)} images, {steps_per_epoch} steps/epoch, steps {step}->{stop_step}, "
+                  f"world size {dist_info.world_size}, amp {amp_dtype or 'off'}, device {device}",
+                  file=sys.stderr, flush=True)
+            if knn_monitor is None and args.knn_every:
+                print(f"pretrain: no kNN monitor: {knn_record['skipped']}", file=sys.stderr, flush=True)
 
-    model.train()
-    while step < stop_step:
-        epoch = step // steps_per_epoch
-        sampler.set_position(epoch, step % steps_per_epoch)
-        fetch_start = time.perf_counter()
-        for batch in loader:
-            y1, y2 = to_device_views(batch, device, args.channels_last)
-            data_time = time.perf_counter() - fetch_start
-            lr = learning_rate(step, total_steps, warmup_steps, base_lr)
-            set_learning_rate(optimizer, lr, multipliers)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = ddp_model(y1, y2)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            end_of_epoch = step % steps_per_epoch == 0
-            if log:
-                log.step_done(data_time)
-                if step % args.log_every == 0 or end_of_epoch or step == stop_step:
-                    log.write(step, epoch, loss.item(), lr)  # .item() syncs: only on logged steps
-            # Every process takes part (the work is sharded), before the checkpoint of the same step:
-            # a run killed during the evaluation resumes before it and evaluates again.
-            if knn_monitor and (step == stop_step or end_of_epoch and (epoch + 1) % args.knn_every == 0):
-                knn = knn_monitor.evaluate(model.backbone)
-                if log:
-                    log.write_knn(step, epoch, knn)
-            if log and (step % args.checkpoint_every == 0 or end_of_epoch or step == stop_step):
-                save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scaler=scaler,
-                                **schedule)
-            if step == stop_step:
-                break
+        model.train()
+        while step < stop_step:
+            epoch = step // steps_per_epoch
+            sampler.set_position(epoch, step % steps_per_epoch)
             fetch_start = time.perf_counter()
+            for batch in loader:
+                y1, y2 = to_device_views(batch, device, args.channels_last)
+                data_time = time.perf_counter() - fetch_start
+                lr = learning_rate(step, total_steps, warmup_steps, base_lr)
+                set_learning_rate(optimizer, lr, multipliers)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss = ddp_model(y1, y2)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                end_of_epoch = step % steps_per_epoch == 0
+                if log:
+                    log.step_done(data_time)
+                    if step % args.log_every == 0 or end_of_epoch or step == stop_step:
+                        log.write(step, epoch, loss.item(), lr)  # .item() syncs: only on logged steps
+                # Every process takes part (the work is sharded), before the checkpoint of the same step:
+                # a run killed during the evaluation resumes before it and evaluates again.
+                if knn_monitor and (step == stop_step or end_of_epoch and (epoch + 1) % args.knn_every == 0):
+                    knn = knn_monitor.evaluate(model.backbone)
+                    if log:
+                        log.write_knn(step, epoch, knn)
+                if log and (step % args.checkpoint_every == 0 or end_of_epoch or step == stop_step):
+                    save_checkpoint(checkpoint_path, step=step, model=model, optimizer=optimizer, scaler=scaler,
+                                    **schedule)
+                if step == stop_step:
+                    break
+                fetch_start = time.perf_counter()
 
-    if log:
-        export_backbone(model, args.out / BACKBONE_FILE)
-        log.close()
-        print(f"pretrain: wrote {args.out / BACKBONE_FILE} after {step} steps", file=sys.stderr, flush=True)
-    return step
+        if log:
+            export_backbone(model, args.out / BACKBONE_FILE)
+            log.close()
+            print(f"pretrain: wrote {args.out / BACKBONE_FILE} after {step} steps", file=sys.stderr, flush=True)
+        return step
 
 
 @command

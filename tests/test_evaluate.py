@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torchvision import models, transforms
 
-from bt_transfer.core.fileio import sha256_file
+from bt_transfer.core.fileio import sha256_file, write_json
+from bt_transfer.core import provenance
 from bt_transfer.core.progress import read_metrics
 from bt_transfer.core.records import load_result
 from pretrain import eval_protocol, evaluate
@@ -71,6 +72,15 @@ def seen_backbone(generated_data, tmp_path_factory):
     return path
 
 
+def pretrained_here(weights, folder, **settings):
+    """``weights`` as the resnet50.pth of a pretrain.train run in ``folder`` with ``settings`` in its args.json."""
+    folder.mkdir(parents=True)
+    (folder / "resnet50.pth").write_bytes(weights.read_bytes())
+    write_json(folder / "args.json", {**provenance.PAPER_PRETRAINING, "world_size": 8, "amp_dtype": "bfloat16",
+                                      "code_version": "v0.1-3-gabc", **settings})
+    return folder / "resnet50.pth"
+
+
 def run(weights, data, out, *options):
     return evaluate.main(["--weights", str(weights), "--data", str(data / "imagenet"), "--out", str(out),
                           "--workers", "0", *map(str, options)])
@@ -112,6 +122,17 @@ def test_defaults_are_the_published_protocols():
     (["--mode", "linear", "--schedule", "paper-step"], "linear evaluation uses cosine"),
     (["--mode", "semisup"], "needs --percent 1 or --percent 10"),
     (["--mode", "semisup", "--percent", "1", "--image-size", "64", "--val-resize", "32"], "smaller than"),
+    (["--mode", "linear", "--lr-classifier", "nan"], "argument --lr-classifier: expected a finite number, got nan"),
+    (["--mode", "semisup", "--percent", "1", "--lr-backbone", "-0.1"],
+     "argument --lr-backbone: expected a finite number >= 0, got -0.1"),
+    (["--mode", "linear", "--weight-decay", "inf"], "argument --weight-decay: expected a finite number, got inf"),
+    (["--mode", "linear", "--epochs", "0"], "argument --epochs: expected an integer > 0, got 0"),
+    (["--mode", "linear", "--batch-size", "-256"], "argument --batch-size: expected an integer > 0, got -256"),
+    (["--mode", "linear", "--image-size", "0"], "argument --image-size: expected an integer > 0, got 0"),
+    (["--mode", "linear", "--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    (["--mode", "semisup", "--percent", "1", "--subset-seed", "-1"],
+     "argument --subset-seed: expected an integer >= 0, got -1"),
+    (["--mode", "linear", "--workers", "-1"], "argument --workers: expected an integer >= 0, got -1"),
 ])
 def test_meaningless_options_are_refused(options, message, capsys):
     with pytest.raises(SystemExit):
@@ -194,8 +215,12 @@ LINEAR = ["--mode", "linear", "--epochs", 2, "--batch-size", 32, "--image-size",
 
 @pytest.fixture(scope="module")
 def linear_run(seen_backbone, generated_data, tmp_path_factory):
+    """A linear evaluation of the seen backbone, exported by a pretraining run with another weight decay and
+    exact gradients on 8 GPUs."""
+    weights = pretrained_here(seen_backbone, tmp_path_factory.mktemp("pretrain") / "run", weight_decay=1e-5,
+                              grad_scaling="exact")
     out = tmp_path_factory.mktemp("linear")
-    return out, run(seen_backbone, generated_data, out, *LINEAR)
+    return out, run(weights, generated_data, out, *LINEAR)
 
 
 def test_linear_probe_learns_and_leaves_the_backbone_bit_identical(linear_run, seen_backbone):
@@ -213,13 +238,28 @@ def test_linear_probe_learns_and_leaves_the_backbone_bit_identical(linear_run, s
     assert load_result(out / "result.json") == record
     assert record["task"] == "linear" and record["weights"]["label"] == "seen"
     assert record["weights"]["sha256"] == sha256_file(seen_backbone)
-    assert record["extra"] == dict(classes=10, train_images=260, val_images=100, epochs=2)
     assert "data has 10 classes, not ImageNet's 1,000" in record["protocol"]["deviations"]
     epochs = read_metrics(out / "metrics.jsonl")
     assert [e["epoch"] for e in epochs] == [1, 2]
+    # The last epoch's accuracies, and the best epoch's, as the official evaluate.py prints.
+    for key in ("top1", "top5"):
+        assert record["metrics"][key] == epochs[-1][key]
+        assert record["metrics"][f"{key}_best"] == max(e[key] for e in epochs)
     assert {"loss", "lr", "top1", "top5", "images_per_s"} <= set(epochs[-1])
     assert epochs[0]["lr"] == 0.3 and epochs[1]["lr"] == pytest.approx(0.15)
     assert json.loads((out / "args.json").read_text())["mode"] == "linear"
+
+
+def test_the_pretraining_behind_the_backbone_is_on_the_record(linear_run):
+    """A backbone pretrained with another weight decay, or with exact gradients, is not the paper's: the record
+    says so; its mixed precision and code version are provenance."""
+    _, record = linear_run
+    assert record["extra"] == dict(classes=10, train_images=260, val_images=100, epochs=2, pretraining=dict(
+        code_version="v0.1-3-gabc", amp_dtype="bfloat16", world_size=8))
+    assert record["protocol"]["deviations"][-2:] == [
+        "backbone pretrained with weight_decay 1e-05 (paper: 1e-06)",
+        "backbone pretrained with gradients divided by 1 (--grad-scaling exact on 8 processes; paper: 32, the "
+        "official code on 32 GPUs)"]
 
 
 def ddp_worker(rank, port, argv):
@@ -341,8 +381,14 @@ class Interrupted(Exception):
 
 
 def test_semisup_fine_tunes_the_backbone_and_resumes_bit_exactly(seen_backbone, generated_data, tmp_path, monkeypatch):
+    """Supervised weights (a torchvision state dict with its fc) other than torchvision's V1, fine-tuned, killed
+    after the first epoch and rerun: the same weights and record as the uninterrupted run; another command
+    into its folder is refused and changes nothing."""
+    state = torch.load(seen_backbone, weights_only=True)
+    supervised = tmp_path / "supervised.pth"
+    torch.save(dict(state, **{"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}), supervised)
     options = ["--mode", "semisup", "--percent", 1, "--epochs", 2, "--batch-size", 5, "--image-size", 32]
-    whole = run(seen_backbone, generated_data, tmp_path / "whole", *options)
+    whole = run(supervised, generated_data, tmp_path / "whole", *options)
 
     # The same run killed right after its first checkpoint, then started again.
     save = evaluate.save_atomically
@@ -353,10 +399,10 @@ def test_semisup_fine_tunes_the_backbone_and_resumes_bit_exactly(seen_backbone, 
 
     monkeypatch.setattr(evaluate, "save_atomically", save_then_die)
     with pytest.raises(Interrupted):
-        run(seen_backbone, generated_data, tmp_path / "cut", *options)
+        run(supervised, generated_data, tmp_path / "cut", *options)
     monkeypatch.undo()
     assert not (tmp_path / "cut" / "result.json").exists()
-    resumed = run(seen_backbone, generated_data, tmp_path / "cut", *options)
+    resumed = run(supervised, generated_data, tmp_path / "cut", *options)
 
     final = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)["model"]
     again = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)["model"]
@@ -373,9 +419,30 @@ def test_semisup_fine_tunes_the_backbone_and_resumes_bit_exactly(seen_backbone, 
     assert subset["generated"] and subset["images"] == 10
     assert subset["sha256"] == sha256_file(tmp_path / "whole" / "subset.txt")
     assert "subset drawn from seed 0 (class-balanced), not SimCLR's 1percent.txt" in whole["protocol"]["deviations"]
+    assert whole["weights"]["format"] == "torchvision"
+    assert whole["protocol"]["deviations"][-1] == (
+        f"supervised weights (sha256 {sha256_file(supervised)}) are not torchvision's IMAGENET1K_V1 ResNet-50 "
+        "(resnet50-0676ba61.pth, sha256 0676ba61...), which the paper's Sup. row used "
+        "(MoCo protocol)")
 
-    with pytest.raises(SystemExit, match=r"^error: .*checkpoint.pth belongs to a run with other settings \(epochs 2 -> 3\)"):
-        run(seen_backbone, generated_data, tmp_path / "cut", *options, "--epochs", 3)
+    before = {path.name: path.read_bytes() for path in (tmp_path / "cut").iterdir() if path.is_file()}
+    for changed, message in (([*options, "--epochs", 3], r"\(epochs 2 -> 3\)"),
+                             ([*options, "--subset-seed", 1], r"subset_seed 0 -> 1"),
+                             (LINEAR, "a 'semisup-1' run, not a 'linear' run")):
+        with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'cut'} holds .*{message}"):
+            run(supervised, generated_data, tmp_path / "cut", *changed)
+        assert {path.name: path.read_bytes() for path in (tmp_path / "cut").iterdir() if path.is_file()} == before
+
+
+def test_nan_weights_fail_in_the_reader_with_one_line_before_anything_is_written(plain_weights, generated_data,
+                                                                                 tmp_path):
+    state = torch.load(plain_weights, weights_only=True)
+    state["layer3.0.bn2.running_var"][0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    message = r"^error: .*nan.pth: .*NaN or Inf\n  non-finite \(1\): layer3.0.bn2.running_var"
+    with pytest.raises(SystemExit, match=message):
+        run(tmp_path / "nan.pth", generated_data, tmp_path / "out", *LINEAR)
+    assert not (tmp_path / "out").exists()
 
 
 def test_data_without_its_splits_is_named(generated_data):
@@ -388,10 +455,10 @@ def test_a_simclr_list_selects_exactly_its_images(generated_data, tmp_path):
     listed = ["n00000003_7.JPEG", "n00000001_0.JPEG", "n00000010_25.JPEG"]
     (tmp_path / "1percent.txt").write_text("\n".join(listed) + "\n")
     config = dict(subset_file=tmp_path / "1percent.txt", percent=1, subset_seed=0)
-    indices, info = evaluate.choose_subset(config, train, tmp_path, write=False)
+    indices, info, drawn = evaluate.choose_subset(config, train, tmp_path)
     assert [train.paths[i].split("/")[-1] for i in indices] == listed
-    assert info == dict(source=str(tmp_path / "1percent.txt"), sha256=sha256_file(tmp_path / "1percent.txt"),
-                        images=3, generated=False)
+    assert drawn is None and info == dict(source=str(tmp_path / "1percent.txt"),
+                                          sha256=sha256_file(tmp_path / "1percent.txt"), images=3, generated=False)
     (tmp_path / "1percent.txt").write_text("n00000001_0.JPEG\nn00000001_99.JPEG\n")
     with pytest.raises(ValueError, match="1 of 2 listed images are not in .*n00000001/n00000001_99.JPEG"):
-        evaluate.choose_subset(config, train, tmp_path, write=False)
+        evaluate.choose_subset(config, train, tmp_path)

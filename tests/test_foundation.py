@@ -140,6 +140,7 @@ def test_evaluations_of_a_short_pretraining_on_generated_data_are_not_full_proto
     run = tmp_path / "pretrain"
     fileio.write_json(run / "args.json", {"epochs": 2, "batch_size": 2048, "projector": "512-512",
                                          "lambd": 0.0051, "image_size": 224, "max_steps": None,
+                                         "grad_scaling": "paper", "jpeg_draft": False,
                                          "data": str(data / "imagenet" / "train"), "generated_data": str(manifest)})
     args = provenance.read_pretraining_args(run / "resnet50.pth")
     assert provenance.pretraining_deviations(args) == [

@@ -1,4 +1,5 @@
-"""The two augmentation pipelines: outputs, per-view probabilities (statistically) and reduced-scale decoding."""
+"""The two augmentation pipelines: outputs, per-view probabilities (statistically), the official pipeline's
+pixels by default, and the opt-in reduced-scale decoding."""
 from dataclasses import replace
 
 import numpy as np
@@ -105,19 +106,37 @@ def test_views_equal_the_official_operations_for_the_same_random_decisions(jpeg_
         torch.testing.assert_close(ours, official_view(image, params, 32), rtol=0, atol=1e-5)
 
 
+def test_views_of_a_lazily_opened_jpeg_are_the_official_pipelines_by_default(jpeg_path):
+    """A 640x480 JPEG at 32 px: the crops would allow a reduced-scale decode, which only jpeg_draft=True makes."""
+    full = Image.open(jpeg_path).convert("RGB")
+    for seed in range(4):
+        torch.manual_seed(seed)
+        views = TwoViews(size=32)(Image.open(jpeg_path))
+        torch.manual_seed(seed)
+        params = [sample_view_params(640, 480, policy) for policy in VIEW_POLICIES]
+        for view, p in zip(views, params, strict=True):
+            torch.testing.assert_close(view, official_view(full, p, 32), rtol=0, atol=1e-5)
+        torch.manual_seed(seed)
+        drafted = TwoViews(size=32, jpeg_draft=True)(Image.open(jpeg_path))
+        assert not torch.equal(drafted[0], views[0])
+
+
 def test_draft_decoding_keeps_every_crop_at_least_output_size(jpeg_path):
     # Two large crops of a 640x480 JPEG allow a 1/2 reduction for a 200 px output...
-    image, sx, sy = decode_for_crops(Image.open(jpeg_path), [(0, 0, 480, 640), (10, 20, 400, 600)], 200)
+    crops = [(0, 0, 480, 640), (10, 20, 400, 600)]
+    image, sx, sy = decode_for_crops(Image.open(jpeg_path), crops, 200, draft=True)
     assert image.size == (320, 240) and (sx, sy) == (0.5, 0.5) and image.mode == "RGB"
-    # ...but one small crop keeps the full resolution.
-    image, sx, sy = decode_for_crops(Image.open(jpeg_path), [(0, 0, 480, 640), (0, 0, 250, 250)], 200)
+    # ...but one small crop keeps the full resolution, and so does decoding without draft.
+    image, sx, sy = decode_for_crops(Image.open(jpeg_path), [(0, 0, 480, 640), (0, 0, 250, 250)], 200, draft=True)
+    assert image.size == (640, 480) and (sx, sy) == (1.0, 1.0)
+    image, sx, sy = decode_for_crops(Image.open(jpeg_path), crops, 200)
     assert image.size == (640, 480) and (sx, sy) == (1.0, 1.0)
 
 
 def test_reduced_scale_decode_gives_nearly_the_same_view(jpeg_path):
     params = ViewParams(crop=(10, 20, 400, 600), flip=False, jitter=None, grayscale=False, blur_sigma=None,
                         solarize=False)
-    reduced, sx, sy = decode_for_crops(Image.open(jpeg_path), [params.crop], 200)
+    reduced, sx, sy = decode_for_crops(Image.open(jpeg_path), [params.crop], 200, draft=True)
     assert sx == sy == 0.5
     fast = to_uint8_tensor(render_view(reduced, params, sx, sy, 200)).float()
     full = to_uint8_tensor(render_view(Image.open(jpeg_path).convert("RGB"), params, 1.0, 1.0, 200)).float()

@@ -1,6 +1,7 @@
-"""Exact gradients under DDP: two gloo processes with half the batch each give the loss, the
-gradients and the LARS step of one process on the whole batch; with official_grad_scaling the
-gradients are halved."""
+"""Gradients under DDP: two gloo processes with half the batch each give the loss, the gradients and the
+LARS step of one process on the whole batch. Gradient scaling: ``paper`` is the exact gradient / 32 on one
+process and on two (so its step does not depend on the number of processes), ``official`` is exact /
+world_size."""
 import os
 
 import pytest
@@ -14,21 +15,25 @@ from pretrain.distributed import cleanup, free_port, init_distributed
 from pretrain.lars import LARS, param_groups
 
 BATCH, IN_DIM, EMBED_DIM = 8, 6, 12
-CASES = [(form, official) for form in ("cross_correlation", "gram") for official in (False, True)]
+CASES = [(form, scaling) for form in ("cross_correlation", "gram") for scaling in ("exact", "paper", "official")]
+
+
+def divisor(scaling, world_size):
+    """What each scaling divides the exact gradient by (the paper's run: the official code on 32 GPUs)."""
+    return {"exact": 1, "paper": 32, "official": world_size}[scaling]
 
 
 class TinyTwins(nn.Module):
     """BarlowTwins with a linear encoder: the same DDP forward (both views in one call) and the same loss."""
 
-    def __init__(self, form, official_grad_scaling):
+    def __init__(self, form, grad_scaling):
         super().__init__()
         torch.manual_seed(0)
         self.encoder = nn.Linear(IN_DIM, EMBED_DIM)
-        self.form, self.official_grad_scaling = form, official_grad_scaling
+        self.form, self.grad_scaling = form, grad_scaling
 
     def forward(self, x1, x2):
-        return barlow_twins_loss(self.encoder(x1), self.encoder(x2), form=self.form,
-                                 official_grad_scaling=self.official_grad_scaling)
+        return barlow_twins_loss(self.encoder(x1), self.encoder(x2), form=self.form, grad_scaling=self.grad_scaling)
 
 
 def inputs():
@@ -54,9 +59,9 @@ def worker(rank, world_size, port, out_dir):
     try:
         x1, x2 = (x.chunk(world_size)[info.rank] for x in inputs())
         results = {}
-        for form, official in CASES:
-            model = DistributedDataParallel(TinyTwins(form, official).double())
-            results[f"{form}/{official}"] = loss_grads_and_step(model, x1, x2)
+        for form, scaling in CASES:
+            model = DistributedDataParallel(TinyTwins(form, scaling).double())
+            results[f"{form}/{scaling}"] = loss_grads_and_step(model, x1, x2)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         cleanup()
@@ -69,15 +74,25 @@ def ddp_results(tmp_path_factory):
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
-@pytest.mark.parametrize("form,official", CASES)
-def test_two_processes_match_one_process_on_the_whole_batch(ddp_results, form, official):
-    expected_loss, expected_grads, expected_params = loss_grads_and_step(TinyTwins(form, False).double(), *inputs())
-    scale = 0.5 if official else 1.0
+@pytest.mark.parametrize("form,scaling", CASES)
+def test_one_process_scales_the_exact_gradient_and_keeps_the_loss(form, scaling):
+    exact_loss, exact_grads, _ = loss_grads_and_step(TinyTwins(form, "exact").double(), *inputs())
+    loss, grads, _ = loss_grads_and_step(TinyTwins(form, scaling).double(), *inputs())
+    assert torch.equal(loss, exact_loss)
+    for got, exact in zip(grads, exact_grads, strict=True):
+        assert torch.equal(got, exact / divisor(scaling, 1))  # a power of two: exact in floating point
+
+
+@pytest.mark.parametrize("form,scaling", CASES)
+def test_two_processes_match_one_process_on_the_whole_batch(ddp_results, form, scaling):
+    expected_loss, expected_grads, _ = loss_grads_and_step(TinyTwins(form, "exact").double(), *inputs())
+    # The step of the same scaling in one process: paper and exact take it on any number of processes.
+    _, _, expected_params = loss_grads_and_step(TinyTwins(form, scaling).double(), *inputs())
     for rank in ddp_results:
-        loss, grads, params = rank[f"{form}/{official}"]
+        loss, grads, params = rank[f"{form}/{scaling}"]
         torch.testing.assert_close(loss, expected_loss, rtol=1e-10, atol=0)
         for got, want in zip(grads, expected_grads, strict=True):
-            torch.testing.assert_close(got, want * scale, rtol=1e-9, atol=1e-12)
-        if not official:  # the step of exact gradients is the single-process step
+            torch.testing.assert_close(got, want / divisor(scaling, 2), rtol=1e-9, atol=1e-12)
+        if scaling != "official":
             for got, want in zip(params, expected_params, strict=True):
                 torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

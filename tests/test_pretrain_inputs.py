@@ -20,10 +20,13 @@ def write_jpeg(path, seed=0, size=(40, 30)):
     return path
 
 
-def test_missing_data_folder_is_named_in_one_line(tmp_path):
+def test_missing_data_folder_is_named_in_one_line_before_anything_is_written(tmp_path):
     missing = tmp_path / "imagenet" / "train"
     with pytest.raises(SystemExit, match=f"^error: {missing}: data folder not found"):
         main(["--data", str(missing), "--out", str(tmp_path / "run"), "--workers", "0"])
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DataError):  # what the one line comes from: an error the user can fix
+        TwoViewDataset(missing, TwoViews(16))
 
 
 def test_dataset_root_instead_of_its_train_split_is_refused(tmp_path):
@@ -63,12 +66,26 @@ def test_dataset_smaller_than_one_batch_and_uneven_batch(tmp_path):
         ResumableSampler(100, 6, rank=0, world_size=4)
 
 
-def test_bad_command_line_values(capsys):
-    for argv, message in ((["--projector", "8192-big"], "--projector"), (["--batch-size", "1"], "at least 2"),
-                          (["--epochs", "0"], "--epochs must be positive")):
-        with pytest.raises(SystemExit):
-            parse_args(["--data", "d", "--out", "o", *argv])
-        assert message in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--projector", "8192-big"], "--projector"),
+    (["--batch-size", "1"], "at least 2"),
+    (["--epochs", "0"], "argument --epochs: expected an integer > 0, got 0"),
+    (["--lambd", "-0.1"], "argument --lambd: expected a finite number >= 0, got -0.1"),
+    (["--lambd", "nan"], "argument --lambd: expected a finite number, got nan"),
+    (["--warmup-epochs", "-1"], "argument --warmup-epochs: expected an integer >= 0, got -1"),
+    (["--learning-rate-weights", "0"], "argument --learning-rate-weights: expected a finite number > 0, got 0"),
+    (["--learning-rate-biases", "-0.001"], "argument --learning-rate-biases: expected a finite number >= 0"),
+    (["--weight-decay", "inf"], "argument --weight-decay: expected a finite number, got inf"),
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    (["--workers", "-2"], "argument --workers: expected an integer >= 0, got -2"),
+    (["--max-steps", "0"], "argument --max-steps: expected an integer > 0, got 0"),
+    (["--knn-every", "-1"], "argument --knn-every: expected an integer >= 0, got -1"),
+    (["--grad-scaling", "half"], "argument --grad-scaling: invalid choice: 'half'"),
+])
+def test_bad_command_line_values_name_their_option(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--out", "o", *argv])
+    assert message in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -125,3 +125,23 @@ def test_colour_on_the_device_resumes_exactly_and_trains_like_the_loader_pipelin
     assert_same_weights_and_losses(uninterrupted_run, run_c)
     recorded = json.loads((run_c / "args.json").read_text())
     assert recorded["augment"] == "device" and recorded["resumed_from_step"] == 2
+
+
+def test_a_rerun_with_other_settings_is_refused_before_anything_is_written(tiny_folder, tmp_path):
+    """The same command resumes (--max-steps only cuts the run short); any setting that changes what is
+    trained is refused, naming each change, and OUT is left as it was."""
+    run = tmp_path / "run"
+    args = train_args(tiny_folder, run, checkpoint_every=100)
+    main(args + ["--max-steps", "1"])
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    for changed, message in ((["--lambd", "0.01", "--seed", "4"], r"\(lambd 0.0051 -> 0.01; seed 3 -> 4\)"),
+                             (["--grad-scaling", "exact"], r"\(grad_scaling 'paper' -> 'exact'; "
+                                                           r"gradient_divisor 32 -> 1\)"),
+                             (["--data", str(tiny_folder.parent / "val")], r"data '.*/train' -> '.*/val'; "
+                                                                           r"images 12 -> 6\)")):
+        with pytest.raises(SystemExit, match=f"^error: {run} holds another pretrain run: .*{message}"):
+            main(args + changed)
+        assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+    main(args + ["--max-steps", "2", "--log-every", "2", "--workers", "0", "--knn-train-per-class", "2"])
+    assert json.loads((run / "args.json").read_text())["resumed_from_step"] == 1
+    assert read_checkpoint(run / "checkpoint.pth")["step"] == 2

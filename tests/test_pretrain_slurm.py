@@ -5,7 +5,7 @@ import os
 import pytest
 import submitit
 
-from pretrain.slurm import PretrainJob, build_executor, parse
+from pretrain.slurm import PretrainJob, build_executor, main, parse
 
 TRAIN = ["--data", "data/train", "--out", "runs/pt", "--epochs", "3", "--batch-size", "64"]
 
@@ -17,6 +17,25 @@ def test_options_split_from_training_arguments_which_are_validated_first(capsys)
     with pytest.raises(SystemExit):
         parse(["--partition", "p", "--data", "d", "--out", "o", "--projector", "wide"])
     assert "--projector" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nodes", "0"], "argument --nodes: expected an integer > 0, got 0"),
+    (["--gpus-per-node", "-8"], "argument --gpus-per-node: expected an integer > 0, got -8"),
+    (["--mem-gb", "0"], "argument --mem-gb: expected an integer > 0, got 0"),
+    (["--max-requeues", "-1"], "argument --max-requeues: expected an integer >= 0, got -1"),
+    (["--lambd", "nan"], "argument --lambd: expected a finite number, got nan"),  # a pretrain.train option
+])
+def test_bad_numbers_are_refused_naming_their_option_before_anything_is_submitted(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse(["--partition", "p", *TRAIN, *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_a_machine_without_slurm_gets_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    with pytest.raises(SystemExit, match=r"^error: .*On one machine use torchrun instead \(make pretrain\)\.$"):
+        main(["--partition", "p", "--data", "d", "--out", str(tmp_path / "run")])
 
 
 def test_sbatch_script_has_one_task_per_gpu_and_the_requeue_signal(tmp_path, monkeypatch):

@@ -43,7 +43,9 @@ from bt_transfer.convert.resnet50 import ConversionError
 from bt_transfer.core.errors import UserError, command
 from bt_transfer.core.fileio import atomic_write, sha256_file, sha256_json
 from bt_transfer.core.progress import read_metrics
-from bt_transfer.core.provenance import pretraining_deviations, read_pretraining_args
+from bt_transfer.core.provenance import (
+    pretraining_deviations, pretraining_provenance, read_pretraining_args, supervised_weights_deviations,
+)
 from bt_transfer.core.records import METRIC_KEYS, RESULT_FILE, ResultError, load_result, make_record, write_result
 from bt_transfer.core.rundir import RunFolderError, claim
 from bt_transfer.datasets.checks import check_contents
@@ -271,6 +273,7 @@ class Run:
     weights_pkl: Path  # the converted weights in OUT
     identity: dict  # run_identity
     deviations: list
+    pretraining: dict | None  # provenance of our own pretraining behind the weights (None: not ours)
     datasets_root: Path
     machines: object  # machines.Alone, Lead or Follower
     scratch: Path  # this machine's own temporary folder
@@ -306,7 +309,8 @@ def run_seed(run, seed):
     record = make_record(
         args.task, final_metrics(folder, args.task), seed, weights, config, resolved.world_size,
         deviations=run.deviations, notes=resolved.notes,
-        extra={"datasets_root": str(run.datasets_root), "resumed": resume, "converted_weights": str(weights_pkl)},
+        extra={"datasets_root": str(run.datasets_root), "resumed": resume, "converted_weights": str(weights_pkl),
+               **({"pretraining": run.pretraining} if run.pretraining else {})},
     )
     print(f"seed {seed}: {write_result(folder, record)}")
 
@@ -371,13 +375,15 @@ def run(args):
         source, fmt = converted_weights(args.weights, scratch, args.fmt)
         weights = {"path": str(args.weights), "sha256": sha256_file(args.weights),
                    "label": args.label or args.weights.name, "format": fmt}
+        pretraining = read_pretraining_args(args.weights)
         deviations = [*resolved.deviations, *dataset_deviations(names),
-                      *pretraining_deviations(read_pretraining_args(args.weights))]
+                      *pretraining_deviations(pretraining), *supervised_weights_deviations(fmt, weights["sha256"])]
         identity = run_identity(args.task, weights["sha256"], resolved)
         with holding_out(args, identity):
             weights_pkl = place_weights(source, args.out) if args.machine_rank == 0 else args.out / content_name(source)
             machines.start()
-            run = Run(args, resolved, weights, weights_pkl, identity, deviations, root, machines, scratch)
+            run = Run(args, resolved, weights, weights_pkl, identity, deviations, pretraining_provenance(pretraining),
+                      root, machines, scratch)
             for seed in args.seeds:
                 run_seed(run, seed)
 
