@@ -10,29 +10,11 @@ Per view, with the official parameters (view 1 / view 2 where they differ):
     solarisation (threshold 128)                     p 0.0 / 0.2
     ImageNet mean/std normalisation
 
-The distributions and probabilities are exactly the official ones (the crop and jitter parameters
-come from torchvision's own samplers); what differs is only how the work is done, for speed:
-
-- all random decisions of both views are drawn first (``sample_view_params``), from the image size
-  alone, before any pixel is decoded;
-- a JPEG is then decoded once; with ``jpeg_draft=True`` (``pretrain.train --jpeg-draft``, off by
-  default) at a reduced scale, by libjpeg's DCT-domain downscaling (``Image.draft``), when both crops
-  still keep at least ``size`` source pixels per side after the reduction, so large images decode 2-8x
-  faster and the bicubic resize sees no less detail than the output has. Such views are close to, but
-  not pixel-identical with, the official pipeline's, so a run that uses it records it as a deviation;
-- the colour operations run on 8-bit PIL images at the output size (as in the official pipeline:
-  they are most of the time per image), and normalisation comes last, straight from uint8, or is
-  left to the accelerator (``normalize=False`` returns uint8 tensors; see ``normalize_batch``);
-- or, with ``colour_on_device=True``, the loader does only the geometry and hands each view's colour
-  decisions over as tensors (``colour_tensors``); ``pretrain.augment_device.apply_colour`` then runs
-  jitter, grayscale, blur and solarisation on the batch, on the training device, as PIL computes them.
-
-Without a reduced-scale decode (the default; with ``jpeg_draft``: small images, small crops) every view
-is pixel-identical to the official pipeline's for the same random decisions (tests/test_pretrain_augment.py
-checks it).
-
-Randomness comes from torch's global generator, so the caller controls it (the pretraining dataset
-seeds it per sample: see ``pretrain.data``).
+Every random decision of both views is drawn first (``sample_view_params``, torch's global generator, which
+the caller seeds per sample), then applied: pixel-identical to the official pipeline for the same decisions.
+Two options trade that for speed: ``jpeg_draft`` decodes a JPEG at reduced scale when both crops keep enough
+pixels (close, not identical: recorded as a deviation), and ``colour_on_device`` leaves the colour operations
+to ``pretrain.augment_device`` on the training device (identical).
 """
 import functools
 from dataclasses import dataclass

@@ -1,39 +1,19 @@
 """The Barlow Twins model and loss (Zbontar et al. 2021), exact under any number of processes.
 
-The loss normalises each view's embeddings over the **global** batch (BatchNorm without affine,
-biased variance, eps 1e-5, like ``nn.BatchNorm1d`` in training mode), then penalises the
-cross-correlation matrix ``C = z1n^T z2n / N``::
+The loss normalises each view's embeddings over the **global** batch (BatchNorm without affine, biased
+variance, eps 1e-5), then penalises the cross-correlation matrix ``C = z1n^T z2n / N``::
 
     loss = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2
 
-Two forms give the same value and gradients:
+in one of two forms with the same value and gradients: ``"cross_correlation"`` builds the D x D matrix (the
+paper's), ``"gram"`` never does (``||C||_F^2`` from this process's rows of the two N x N Gram matrices, so
+O(N_local * N * D) time); ``"auto"`` picks the one with fewer flops (gram when ``GRAM_CROSSOVER * N <= D``).
 
-- ``"cross_correlation"``: the paper's D x D matrix (under DDP: all-reduce of the D x D matrix);
-- ``"gram"``: never builds the D x D matrix. ``||C||_F^2 = sum_nm (Z1 Z1^T)_nm (Z2 Z2^T)_nm / N^2``
-  and ``diag(C)`` is a column-wise dot product. Under DDP each process all-gathers the normalised
-  embeddings (N x D) and computes only its own rows of the two N x N Gram matrices, so the cost is
-  O(N_local * N * D) time and O(N_local * N + N * D) memory.
-
-``"auto"`` picks the cheaper one by flop count: cross-correlation costs N_local * D^2, gram
-2 * N_local * N * D, so gram wins when ``GRAM_CROSSOVER * N <= D``.
-
-Exact gradients under DDP: every collective here is autograd-aware (torch's functional
-collectives), so every process computes the same global loss and the
-backward of each collective sums the gradient contributions of all processes. Each process's
-gradient is therefore ``world_size * dL/dtheta`` and DDP's averaging returns exactly ``dL/dtheta``:
-the same as one process on the whole batch, whatever the number of processes. The official code
-all-reduces C outside autograd, which drops the other processes' contributions and so scales every
-gradient by ``1 / world_size``. LARS normalises the weights' steps, so the factor reaches them only
-through weight decay (32x heavier, relative to the gradient, on the paper's 32 GPUs); biases and BN
-parameters (no LARS) move by the scaled gradient itself, 1/32 as far as exact gradients would move them.
-``grad_scaling`` chooses the gradient, the loss value is the same in each:
-
-- ``"exact"``: dL/dtheta;
-- ``"paper"``: dL/dtheta / 32, the official code's gradient on the paper's 32 processes, whatever the
-  number of processes here (``bt_transfer.core.provenance.gradient_divisor``);
-- ``"official"``: dL/dtheta / world_size, the official code's gradient on this number of processes.
-
-Local batches must have the same size on every process (the loader drops the last partial batch).
+Every collective is autograd-aware, so the gradient is exactly dL/dtheta whatever the number of processes.
+The official code all-reduces C outside autograd, which scales every gradient by 1/world_size: on the
+paper's 32 GPUs LARS hid that for the weights (except through weight decay, 32x heavier) but biases and BN
+parameters moved 1/32 as far. ``grad_scaling``: ``"exact"``; ``"paper"`` (dL/dtheta / 32 on any number of
+processes, the paper's run); ``"official"`` (dL/dtheta / world_size). The loss value is the same in each.
 """
 import torch
 import torch.distributed as dist

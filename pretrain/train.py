@@ -1,38 +1,9 @@
 """Barlow Twins pretraining of a ResNet-50 on an ImageFolder: one process, torchrun or SLURM.
 
-    torchrun --standalone --nproc_per_node=8 -m pretrain.train --data datasets/imagenet/train --out runs/pretrain
-    python -m pretrain.train --data D --out O --epochs 2 --batch-size 16 --projector 256-256 --image-size 64 \
-        --workers 0                                                          # a CPU smoke run
-
-Defaults are the official facebookresearch/barlowtwins ones (the paper's values in brackets where
-they differ): batch 2048, 1000 epochs, projector 8192-8192-8192, lambda 0.0051 (5e-3), LARS with
-weight decay 1e-6 (1.5e-6), learning rate batch/256 x 0.2 (weights) and x 0.0048 (biases and BN),
-10 warmup epochs then cosine to 1/1000.
-
-OUT belongs to one run: rank 0 claims it before anything is written (bt_transfer.core.rundir: a lock,
-and ``run.json`` with the run's identity, ``run_identity``), so a rerun with the same settings resumes
-and one with other settings, or a second run while the first holds OUT, is refused naming each
-difference. Writes to OUT (rank 0): ``args.json`` (resolved arguments, world size, code version),
-``metrics.jsonl`` (step, epoch, loss, lr, images_per_s, data_time, max_memory_gb; the kNN monitor's
-knn_top1 lines, see below), TensorBoard events in ``tensorboard/``, ``checkpoint.pth`` every
---checkpoint-every steps and at each epoch end (a restarted run resumes from it, exactly, even
-mid-epoch), and at the end ``resnet50.pth``, the
-backbone in the official export format. OUT must be on storage every process sees (every process
-resumes from the same checkpoint; a mismatch is an error).
-
---grad-scaling (see pretrain.barlow_twins): the official code scales gradients by 1/world_size, so the
-paper's 32-GPU run had its biases and BN parameters (no LARS) at 1/32 of the nominal learning rate, and
-weight decay 32x stronger relative to the gradient in the LARS update. ``paper`` (the default) divides
-the exact gradient by 32 on any number of processes, so 1, 8 or 64 GPUs follow the paper's run;
-``exact`` keeps it exact; ``official`` divides it by the number of processes, as the official code
-does (--official-grad-scaling is its old name). Batch norm runs over the global batch under DDP on GPU (SyncBatchNorm);
-SyncBatchNorm needs CUDA, so a multi-process CPU run (tests only) normalises the backbone and
-projector per process. A corrupt image stops the run with an error naming the file (see pretrain.data).
-
-kNN monitor (pretrain.knn): every --knn-every epochs and at the end, the weighted 20-NN top-1 of the
-backbone's features on the ``val/`` split beside --data, voted from --knn-train-per-class training images
-per class. It leaves training bit-identical (eval mode, RNG states restored); without a ``val/`` split
-it is skipped, with one line on stderr and the reason in args.json (``knn_monitor``).
+Defaults are the paper's run (``bt_transfer.core.provenance.PAPER_PRETRAINING``, the official code's values).
+OUT holds one run (``run.json``, claimed before anything is written): rerunning the same command resumes from
+``checkpoint.pth`` exactly, even mid-epoch, and a run ends with ``resnet50.pth`` in the official export format.
+Why the gradients are divided by 32 by default: ``pretrain.barlow_twins``; the kNN monitor: ``pretrain.knn``.
 """
 import argparse
 import sys

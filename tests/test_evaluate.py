@@ -316,7 +316,8 @@ def test_processes_that_resume_different_epochs_all_stop_with_one_line(linear_ru
     an empty folder. Left alone, rank 0 would write a result while rank 1 trained epoch 0 waiting for it."""
     out, _ = linear_run
     (tmp_path / "rank0").mkdir()
-    shutil.copy(out / "checkpoint.pth", tmp_path / "rank0")
+    for name in ("checkpoint.pth", "run.json"):  # the finished run's folder, as rank 0 claims it
+        shutil.copy(out / name, tmp_path / "rank0")
     argvs = [["--weights", str(seen_backbone), "--data", str(generated_data / "imagenet"),
               "--out", str(tmp_path / f"rank{rank}"), "--workers", "0", *map(str, LINEAR)] for rank in range(2)]
     endings = run_two_processes(argvs, tmp_path)

@@ -3,23 +3,11 @@
     python -m bt_transfer.transfer voc --weights resnet50.pth --seeds 1 2 3 4 5 --num-gpus 8 --out runs/transfer-voc
     python -m bt_transfer.transfer voc --num-gpus 2 --images-per-gpu 4 --dry-run   # what that run would train
 
-On 1, 2, 4 or 8 GPUs the run is the paper's protocol (batch 16, its LR and schedule, BN over all 16 images);
---images-per-gpu accumulates micro-batches when 16/G images do not fit on a GPU, --schedule linear-scaling
-trades the batch for a scaled LR and schedule instead. --dry-run prints the resolved config, deviations and
-notes as JSON and exits, without GPUs, datasets or weights.
-
-Before anything is written the options, datasets and weights are checked and the weights converted strictly.
-Then the run claims OUT: a lock held while it runs, and ``run.json``, what makes its seeds comparable (task,
-weights, resolved config; not the seeds). A second run into a busy OUT, or into one holding another run, stops
-at once saying which. The converted weights go into OUT under a name made of their content
-(``backbone-<sha256[:12]>.pkl``). Each seed trains in its own ``python -m bt_transfer.train_net`` process
-(which dies with this one) into ``OUT/seed<S>/`` and ends with ``result.json``: metrics, seed, weights, the
-resolved config and its hash, and every departure from the paper's protocol in words. A finished seed is
-skipped, an interrupted one resumes exactly where its last checkpoint left it: rerun the same command after a
-crash, or with more seeds. On several machines, machine 0 decides each seed and the others verify.
-
-Supervised baseline (the paper's "Sup." row): pass torchvision's ImageNet ResNet-50 state dict
-(``resnet50-*.pth``, downloaded by you beforehand; nothing is fetched here) with ``--label Sup.``.
+Everything is checked before anything is written; then the run claims OUT (a lock and ``run.json``: task,
+weights, resolved config). Each seed trains in its own ``python -m bt_transfer.train_net`` process into
+``OUT/seed<S>/`` and ends with ``result.json``; a finished seed is skipped, an interrupted one resumes exactly:
+rerun the same command after a crash, or with more seeds. For the paper's "Sup." row pass torchvision's
+IMAGENET1K_V1 ``resnet50-0676ba61.pth`` (downloaded by you) with ``--label Sup.``.
 """
 import argparse
 import contextlib
