@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bt_transfer.core.errors import UserError
+from bt_transfer.core.provenance import PAPER_PRETRAINING
 from bt_transfer.core.records import ResultError, make_record, validate
 from bt_transfer.detection import runner as transfer
 from bt_transfer.detection import trainer as train_net
@@ -61,7 +62,7 @@ def test_dry_run_adds_the_dataset_deviations_when_the_datasets_are_there(capsys,
 def test_dry_run_adds_the_pretraining_deviations_of_the_weights(capsys, monkeypatch, tmp_path):
     pretraining = tmp_path / "pretrain"
     pretraining.mkdir()
-    (pretraining / "args.json").write_text(json.dumps({"epochs": 2, "batch_size": 2048, "projector": "8192-8192-8192"}))
+    (pretraining / "args.json").write_text(json.dumps({**PAPER_PRETRAINING, "epochs": 2, "world_size": 8}))
     planned = dry_run(capsys, monkeypatch, tmp_path / "pretrain", "coco", "--num-gpus", "8",
                       "--weights", str(pretraining / "resnet50.pth"))
     assert planned["deviations"] == ["backbone pretrained with epochs 2 (paper: 1000)"]
