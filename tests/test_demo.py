@@ -1,10 +1,12 @@
 """`make demo` end to end, with a few steps per stage: every runner's real CLI, chained through the
 files each writes, ends in a report whose tables hold our rows, marked off-protocol, beside the paper's."""
 import csv
+import json
+import shlex
 import subprocess
 import sys
 
-from bt_transfer.demo import LABEL
+from bt_transfer.demo import LABEL, stages
 
 
 def test_demo_runs_every_stage_and_reports_our_rows_beside_the_papers(tmp_path):
@@ -31,3 +33,24 @@ def test_demo_runs_every_stage_and_reports_our_rows_beside_the_papers(tmp_path):
     for stage in ("pretrain", "voc", "coco", "linear", "semisup-1", "semisup-10"):      # training curves, each stage
         assert (tables / f"curves_{stage}.png").stat().st_size > 0 and (tables / f"curves_{stage}.csv").is_file()
     assert "pretraining" in (tables / "README.md").read_text().lower()
+
+
+def test_full_demo_trains_detection_long_enough_to_learn_and_fast_demo_does_not(tmp_path):
+    """The demo's detection schedules, resolved by the transfer runner itself: 300 VOC and 200 COCO training images,
+    where AP50 was measured clearly above 0 (the --smoke preset's 8 images score 0.0); --fast keeps 2 iterations."""
+    def resolved_solvers(fast):
+        benchmark_argv = dict(stages(tmp_path, [1], fast=fast))["benchmark"]
+        stage_args = dict(value.split("=", 1) for flag, value in zip(benchmark_argv, benchmark_argv[1:])
+                          if flag == "--stage-args")
+        for task in ("voc", "coco"):
+            done = subprocess.run([sys.executable, "-m", "bt_transfer.transfer", task, "--dry-run", "--num-gpus", "0",
+                                   *shlex.split(stage_args[task])], capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr[-2000:]
+            yield task, json.loads(done.stdout)["config"]
+
+    for task, config in resolved_solvers(fast=False):
+        solver = config["SOLVER"]
+        assert solver["MAX_ITER"] * solver["IMS_PER_BATCH"] == {"voc": 300, "coco": 200}[task], task
+        assert config["TEST"]["PRECISE_BN"]["NUM_ITER"] == 20, task
+    for task, config in resolved_solvers(fast=True):
+        assert config["SOLVER"]["MAX_ITER"] == 2, task

@@ -22,6 +22,7 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
 
 import bt_transfer.detection.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
@@ -56,6 +57,12 @@ def build_evaluator(cfg, dataset_name):
 
 def on_gpu(cfg):
     return torch.device(cfg.MODEL.DEVICE).type == "cuda"
+
+
+def metrics_period(max_iter):
+    """Iterations between ``metrics.json`` lines: Detectron2's 20, and down to every iteration in runs shorter than
+    2,000, so that a short run's curves have enough points to show its losses falling."""
+    return max(1, min(20, max_iter // 100))
 
 
 class ProgressHook(HookBase):
@@ -125,7 +132,7 @@ class Trainer(DefaultTrainer):
         # DefaultTrainer made its plain DetectionCheckpointer just before this call: replace it before a hook
         # holds it.
         self.checkpointer = SafeCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        built = [h for h in super().build_hooks() if not isinstance(h, hooks.PeriodicCheckpointer)]
+        built = [h for h in super().build_hooks() if not isinstance(h, (hooks.PeriodicCheckpointer, hooks.PeriodicWriter))]
         self.streams = {"train": self.data_loader}  # what resumes where it stopped
         for hook in built:
             if isinstance(hook, hooks.PreciseBN):
@@ -134,9 +141,15 @@ class Trainer(DefaultTrainer):
         at = next(i for i, h in enumerate(built) if isinstance(h, hooks.EvalHook))
         built.insert(at, RunStateCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         if comm.is_main_process():
-            # Before the writers (last), so memory_gb reaches metrics.json with the step's losses.
-            progress = ProgressHook(self.cfg.SOLVER.IMS_PER_BATCH, torch.device(self.cfg.MODEL.DEVICE))
-            built.insert(len(built) - 1, progress)
+            # Before the writers, so memory_gb reaches metrics.json with the step's losses; the writers last, so
+            # evaluation results are written too. The log keeps Detectron2's line every 20 iterations; the files
+            # behind the curves get a point every metrics_period iterations.
+            built.append(ProgressHook(self.cfg.SOLVER.IMS_PER_BATCH, torch.device(self.cfg.MODEL.DEVICE)))
+            printers, files = [], []
+            for writer in self.build_writers():
+                (printers if isinstance(writer, CommonMetricPrinter) else files).append(writer)
+            built += [hooks.PeriodicWriter(printers, period=20),
+                      hooks.PeriodicWriter(files, period=metrics_period(self.max_iter))]
         return built
 
     def gather_run_states(self):
