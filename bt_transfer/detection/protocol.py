@@ -17,6 +17,7 @@ import yaml
 from detectron2.config import get_cfg
 
 from bt_transfer.core.errors import UserError
+from bt_transfer.core.options import positive_int
 from bt_transfer.detection.scaling import (
     IMAGES_PER_GPU, PROTOCOL_GPUS, Schedule, describe, kept_by_run, linear_scaling, micro_batches,
 )
@@ -224,7 +225,7 @@ def add_schedule_arguments(parser):
              "smaller); linear-scaling: --images-per-gpu (default 2) per GPU, the LR scaled with the batch and "
              "every iteration count inversely (Goyal et al. 2017), recorded as a deviation")
     parser.add_argument(
-        "--images-per-gpu", type=_positive_int, metavar="N",
+        "--images-per-gpu", type=positive_int, metavar="N",
         help="the most images one GPU holds in a training step (default: its whole share of the batch). Fewer "
              "than its share: each GPU runs micro-batches of N and accumulates their gradients, keeping batch, "
              "LR and schedule; BN then normalises over fewer images (recorded). Rule of thumb: R50-C4 at 800 px "
@@ -235,15 +236,6 @@ def add_schedule_arguments(parser):
         "--no-rescale", action="store_true",
         help="the config's batch, LR and schedule as they are: the same as --schedule protocol (kept for scripts "
              "written when linear scaling was the default)")
-
-
-def _positive_int(text):
-    import argparse
-
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def schedule_choice(args):
