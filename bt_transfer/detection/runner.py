@@ -303,6 +303,11 @@ def run_seed(run, seed):
     print(f"seed {seed}: {write_result(folder, record)}")
 
 
+def dataset_names(cfg):
+    """The datasets a run reads, each once: the training ones, then the evaluated ones."""
+    return list(dict.fromkeys(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST))
+
+
 def resolve(args, cuda=None):
     """The run's resolved config, for this machine (``cuda`` None) or planned for GPUs (``cuda=True``)."""
     world_size, cpu = processes(args.num_gpus, args.num_machines, cuda)
@@ -320,7 +325,7 @@ def dry_run(args):
     """
     resolved = resolve(args, cuda=args.num_gpus > 0)
     root = use_datasets_root(args.datasets_root)
-    names = list(dict.fromkeys(resolved.cfg.DATASETS.TRAIN + resolved.cfg.DATASETS.TEST))
+    names = dataset_names(resolved.cfg)
     try:
         check_datasets(names)
         datasets = dataset_deviations(names)
@@ -354,7 +359,7 @@ def run(args):
     root = use_datasets_root(args.datasets_root)
     resolved = resolve(args)
     check_solver(resolved.cfg)
-    names = list(dict.fromkeys(resolved.cfg.DATASETS.TRAIN + resolved.cfg.DATASETS.TEST))
+    names = dataset_names(resolved.cfg)
     check_contents(names, evaluated=resolved.cfg.DATASETS.TEST)  # both splits: every annotation and image
     check_size_ranges(resolved.cfg.DATASETS.TEST)
     machines = machines_for(args.out, args.machine_rank, args.num_machines)
