@@ -21,7 +21,7 @@ import torch.distributed._functional_collectives as collectives  # what torch.di
 import torchvision
 from torch import nn
 
-from bt_transfer.core.provenance import GRAD_SCALINGS, gradient_divisor
+from bt_transfer.core.provenance import check_grad_scaling, gradient_divisor
 
 LOSS_FORMS = ("auto", "cross_correlation", "gram")
 # Flop-count crossover (see module docstring); a benchmark may tune it per accelerator.
@@ -178,8 +178,7 @@ class BarlowTwins(nn.Module):
         super().__init__()
         if loss_form not in LOSS_FORMS:
             raise ValueError(f"loss form {loss_form!r}: expected one of {LOSS_FORMS}")
-        if grad_scaling not in GRAD_SCALINGS:
-            raise ValueError(f"gradient scaling {grad_scaling!r}: expected one of {GRAD_SCALINGS}")
+        check_grad_scaling(grad_scaling)
         self.lambd, self.loss_form, self.grad_scaling = lambd, loss_form, grad_scaling
         self.backbone = torchvision.models.resnet50(zero_init_residual=True)
         self.backbone.fc = nn.Identity()

@@ -41,13 +41,17 @@ _KNOWN_SUPERVISED = {"11ad3fa6": "torchvision's IMAGENET1K_V2 weights (resnet50-
 SUPERVISED_FORMAT = "torchvision"
 
 
+def check_grad_scaling(grad_scaling):
+    """Raise ValueError unless ``grad_scaling`` is one of ``GRAD_SCALINGS``."""
+    if grad_scaling not in GRAD_SCALINGS:
+        raise ValueError(f"gradient scaling {grad_scaling!r}: expected one of {GRAD_SCALINGS}")
+
+
 def gradient_divisor(grad_scaling, world_size):
     """What ``--grad-scaling`` divides the exact gradient of the loss by on ``world_size`` processes: paper 32
     (the official code's 1/world_size on the paper's 32 GPUs), exact 1, official ``world_size``."""
-    divisors = {"paper": PAPER_WORLD_SIZE, "exact": 1, "official": world_size}
-    if grad_scaling not in divisors:
-        raise ValueError(f"gradient scaling {grad_scaling!r}: expected one of {GRAD_SCALINGS}")
-    return divisors[grad_scaling]
+    check_grad_scaling(grad_scaling)
+    return {"paper": PAPER_WORLD_SIZE, "exact": 1, "official": world_size}[grad_scaling]
 
 
 def read_pretraining_args(weights_path):
