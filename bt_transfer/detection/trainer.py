@@ -132,7 +132,8 @@ class Trainer(DefaultTrainer):
         # DefaultTrainer made its plain DetectionCheckpointer just before this call: replace it before a hook
         # holds it.
         self.checkpointer = SafeCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        built = [h for h in super().build_hooks() if not isinstance(h, (hooks.PeriodicCheckpointer, hooks.PeriodicWriter))]
+        replaced = (hooks.PeriodicCheckpointer, hooks.PeriodicWriter)
+        built = [h for h in super().build_hooks() if not isinstance(h, replaced)]
         self.streams = {"train": self.data_loader}  # what resumes where it stopped
         for hook in built:
             if isinstance(hook, hooks.PreciseBN):
