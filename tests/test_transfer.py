@@ -184,6 +184,7 @@ def test_a_short_run_logs_every_iteration_for_its_curves_and_a_long_one_every_20
 
     records = [json.loads(line) for line in (uninterrupted_voc_run / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in records if "total_loss" in r] == [0, 1]
+    assert len(list(uninterrupted_voc_run.glob("events.out.tfevents.*"))) == 1  # Detectron2's writers, not copies
     assert [metrics_period(n) for n in (2, 199, 500, 2000, 24000, 90000)] == [1, 1, 5, 20, 20, 20]
 
 

@@ -133,7 +133,11 @@ class Trainer(DefaultTrainer):
         # holds it.
         self.checkpointer = SafeCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         replaced = (hooks.PeriodicCheckpointer, hooks.PeriodicWriter)
-        built = [h for h in super().build_hooks() if not isinstance(h, replaced)]
+        default = super().build_hooks()
+        built = [h for h in default if not isinstance(h, replaced)]
+        # Detectron2's writers (0.6 keeps them in ``_writers``), reused: building them again would open a second
+        # TensorBoard events file.
+        writers = [w for h in default if isinstance(h, hooks.PeriodicWriter) for w in h._writers]
         self.streams = {"train": self.data_loader}  # what resumes where it stopped
         for hook in built:
             if isinstance(hook, hooks.PreciseBN):
@@ -147,7 +151,7 @@ class Trainer(DefaultTrainer):
             # behind the curves get a point every metrics_period iterations.
             built.append(ProgressHook(self.cfg.SOLVER.IMS_PER_BATCH, torch.device(self.cfg.MODEL.DEVICE)))
             printers, files = [], []
-            for writer in self.build_writers():
+            for writer in writers:
                 (printers if isinstance(writer, CommonMetricPrinter) else files).append(writer)
             built += [hooks.PeriodicWriter(printers, period=20),
                       hooks.PeriodicWriter(files, period=metrics_period(self.max_iter))]
