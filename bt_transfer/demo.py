@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from bt_transfer.core.children import dying_with_this_process
 from bt_transfer.core.progress import format_duration
 
 LABEL = "Barlow Twins (demo)"
@@ -67,7 +68,7 @@ def main(argv=None):
     for i, (name, command) in enumerate(plan, 1):
         print(f"\n== [{i}/{len(plan)}] {name}: python {shlex.join(command)}", flush=True)
         t0 = time.monotonic()
-        if subprocess.run([sys.executable, *command]).returncode != 0:
+        if subprocess.run([sys.executable, *command], preexec_fn=dying_with_this_process()).returncode != 0:
             sys.exit(f"demo stopped: stage '{name}' failed (rerun `make demo` to resume after fixing it)")
         print(f"== {name} done in {format_duration(time.monotonic() - t0)}", flush=True)
     print(f"\ndemo finished in {format_duration(time.monotonic() - start)}; report: {args.out / 'tables' / 'README.md'}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bt_transfer.benchmark.stages import finished
+from bt_transfer.core.children import dying_with_this_process
 from bt_transfer.core.progress import format_duration
 
 LOG_DIR = "logs"
@@ -32,7 +33,8 @@ def run_logged(command, log, stream):
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", buffering=1) as record:
         record.write(f"$ {' '.join(command)}\n")
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                   preexec_fn=dying_with_this_process())
         for line in process.stdout:
             stream.write(line)
             record.write(line)

@@ -11,12 +11,9 @@ IMAGENET1K_V1 ``resnet50-0676ba61.pth`` (downloaded by you) with ``--label Sup.`
 """
 import argparse
 import contextlib
-import ctypes
-import functools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +25,7 @@ import yaml
 from bt_transfer.convert.detectron2 import convert_file
 from bt_transfer.convert.formats import FORMATS
 from bt_transfer.convert.resnet50 import ConversionError
+from bt_transfer.core.children import dying_with_this_process
 from bt_transfer.core.errors import UserError, command
 from bt_transfer.core.fileio import atomic_write, sha256_file, sha256_json
 from bt_transfer.core.progress import read_metrics
@@ -220,22 +218,6 @@ def train_net_command(args, config_file, resume):
     return [sys.executable, "-m", "bt_transfer.train_net", "--config-file", str(config_file), "--resolved",
             "--num-gpus", str(args.num_gpus), "--num-machines", str(args.num_machines),
             "--machine-rank", str(args.machine_rank), "--dist-url", args.dist_url, *["--resume"] * resume]
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_PRCTL = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform.startswith("linux") else None
-
-
-def _die_with(parent):
-    """In the child, between fork and exec: the kernel kills it when ``parent`` dies, even by ``kill -9``."""
-    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def dying_with_this_process():
-    """``preexec_fn`` that ties a child's life to this process (Linux; elsewhere None: the child may outlive it)."""
-    return functools.partial(_die_with, os.getpid()) if _PRCTL is not None else None
 
 
 def seed_view(folder, config, weights_sha, identity, weights_pkl):
